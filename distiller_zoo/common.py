@@ -1,0 +1,126 @@
+"""Pieces several methods share: the KD term, spatial alignment, regressors and embeddings.
+
+Class names and parameter names follow RepDistiller/SimKD (``ConvReg``, ``Embed``,
+``LinearEmbed``), so state dicts written by those code bases load by name.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DistillKL(nn.Module):
+    """Hinton et al., "Distilling the Knowledge in a Neural Network" (METHODS.md §1.1).
+
+    ``KL(softmax(z_t/T) || softmax(z_s/T)) * T²``, summed over classes and averaged over the
+    batch. Every method computes it; ``-a`` weighs it.
+    """
+
+    def __init__(self, T: float):
+        super().__init__()
+        self.T = T
+
+    def forward(self, y_s: torch.Tensor, y_t: torch.Tensor) -> torch.Tensor:
+        log_p_s = F.log_softmax(y_s / self.T, dim=1)
+        log_p_t = F.log_softmax(y_t / self.T, dim=1)
+        kl = F.kl_div(log_p_s, log_p_t, reduction="sum", log_target=True)
+        return kl * self.T**2 / y_s.shape[0]
+
+
+def align_spatial(f_s: torch.Tensor, f_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pool the larger of two maps down to the smaller's height (METHODS.md §0.3).
+
+    Only ``shape[2]`` is compared and the result is square, as upstream does.
+    """
+    s_height, t_height = f_s.shape[2], f_t.shape[2]
+    if s_height > t_height:
+        f_s = F.adaptive_avg_pool2d(f_s, (t_height, t_height))
+    elif s_height < t_height:
+        f_t = F.adaptive_avg_pool2d(f_t, (s_height, s_height))
+    return f_s, f_t
+
+
+def l2_normalize_exact(x: torch.Tensor) -> torch.Tensor:
+    """``x / ||x||₂`` along dim 1 with no epsilon, as RepDistiller's ``Normalize(2)``."""
+    return x / x.pow(2).sum(1, keepdim=True).pow(0.5)
+
+
+class ConvReg(nn.Module):
+    """FitNet's regressor: conv (sized by the shape rule of METHODS.md §1.2), BN, optional ReLU.
+
+    ``s_shape``/``t_shape`` are ``[B, C, H, W]``. When the student map is smaller than the
+    teacher's by a ratio other than 2, SimKD's rule is used (a 3×3 conv, and the teacher map
+    is pooled down to the student's size) instead of RepDistiller's error.
+    """
+
+    def __init__(self, s_shape: Sequence[int], t_shape: Sequence[int], use_relu: bool = True):
+        super().__init__()
+        self.use_relu = use_relu
+        _, s_c, s_h, s_w = s_shape
+        _, t_c, t_h, t_w = t_shape
+        self.pools_teacher = False
+        if s_h == 2 * t_h:
+            self.conv = nn.Conv2d(s_c, t_c, kernel_size=3, stride=2, padding=1)
+        elif s_h * 2 == t_h:
+            self.conv = nn.ConvTranspose2d(s_c, t_c, kernel_size=4, stride=2, padding=1)
+        elif s_h >= t_h:
+            self.conv = nn.Conv2d(s_c, t_c, kernel_size=(1 + s_h - t_h, 1 + s_w - t_w))
+        else:
+            self.conv = nn.Conv2d(s_c, t_c, kernel_size=3, stride=1, padding=1)
+            self.pools_teacher = True
+        self.bn = nn.BatchNorm2d(t_c)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(
+        self, x: torch.Tensor, f_t: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``regress(f_s)`` (RepDistiller) or ``regress(f_s, f_t) -> (f_s', f_t')`` (SimKD).
+
+        In the second form the teacher map comes back pooled to the student's size when the
+        SimKD shape rule applies, and unchanged otherwise.
+        """
+        student_height = x.shape[2]
+        x = self.bn(self.conv(x))
+        if self.use_relu:
+            x = self.relu(x)
+        if f_t is None:
+            return x
+        if self.pools_teacher:
+            f_t = F.adaptive_avg_pool2d(f_t, (student_height, student_height))
+        return x, f_t
+
+
+class Embed(nn.Module):
+    """CRD's embedding head: Linear then L2 normalisation without epsilon (RepDistiller ``Embed``)."""
+
+    def __init__(self, dim_in: int = 1024, dim_out: int = 128):
+        super().__init__()
+        self.linear = nn.Linear(dim_in, dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return l2_normalize_exact(self.linear(x.flatten(1)))
+
+
+class LinearEmbed(nn.Module):
+    """A plain Linear embedding of the flattened input (RepDistiller ``LinearEmbed``, used by CC)."""
+
+    def __init__(self, dim_in: int = 1024, dim_out: int = 128):
+        super().__init__()
+        self.linear = nn.Linear(dim_in, dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1))
+
+
+def opt_with(opt: argparse.Namespace, **fields: object) -> argparse.Namespace:
+    """A copy of ``opt`` with ``fields`` set (e.g. the probed ``s_dim``/``t_dim`` a criterion reads).
+
+    Distillers build upstream-style criteria that read their sizes from ``opt``; they do so
+    from a copy, so the caller's options are never changed.
+    """
+    return argparse.Namespace(**{**vars(opt), **fields})

@@ -1,0 +1,18 @@
+"""KD: Hinton et al., "Distilling the Knowledge in a Neural Network" (2015). METHODS.md §1.1.
+
+The KD term itself (:class:`~distiller_zoo.common.DistillKL`) is computed by every method and
+weighed by ``-a``; KD is the method whose only distillation signal it is.
+"""
+
+from distiller_zoo.base import Distiller, Weights
+from distiller_zoo.common import DistillKL
+from distiller_zoo.registry import register
+
+__all__ = ["KD", "DistillKL"]
+
+
+@register("kd")
+class KD(Distiller):
+    """Cross-entropy plus the KD term: ``-r 0.1 -a 0.9`` (RepDistiller's script)."""
+
+    recommended = Weights(gamma=0.1, alpha=0.9, beta=0.0)

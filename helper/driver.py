@@ -1,0 +1,357 @@
+"""The run driver: from validated options to a finished run folder.
+
+It builds the data, the networks and the Distiller, runs the stages the method declares
+(an optional pre-training stage, then the main stage), evaluates, checkpoints and logs. It
+knows no method by name: everything method-specific comes from the Distiller.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+import dataset
+import distiller_zoo
+from distiller_zoo.base import Distiller
+from helper import checkpoint as ckpt
+from helper.distributed import ProcessInfo, destroy_process_group, init_process_group
+from helper.errors import UsageError
+from helper.logger import RunLogger
+from helper.loops import StepConfig, train_one_epoch, validate
+from helper.optim import make_scheduler, make_sgd
+from helper.seeding import rng_state, seed_everything, set_rng_state
+from models import model_dict
+
+AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Interrupted(Exception):
+    """SIGTERM/SIGINT ended the run after its current step; ``latest`` holds its state."""
+
+
+@dataclass
+class RunState:
+    """Where a run is: which stage, the last finished epoch of it, and the best accuracy so far."""
+
+    stage: str = "main"
+    epoch: int = 0
+    best_acc: float = 0.0
+    best_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def select_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(choice)
+
+
+def _format_weight(value: float) -> str:
+    return str(float(value))
+
+
+def run_name(opt: argparse.Namespace, kind: str) -> str:
+    """The run folder name of CLI.md (RepDistiller/SimKD naming)."""
+    if kind == "teacher":
+        return f"{opt.model}_vanilla_{opt.dataset}_trial_{opt.trial}"
+    return (f"S:{opt.model_s}_T:{opt.model_t}_{opt.dataset}_{opt.distill}_r:{_format_weight(opt.gamma)}"
+            f"_a:{_format_weight(opt.alpha)}_b:{_format_weight(opt.beta)}_{opt.trial}")
+
+
+def _check_writable(save_dir: Path) -> None:
+    probe = save_dir
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        raise UsageError(f"--save_dir {save_dir} is not writable; pick a folder you can write to")
+
+
+def _load_teacher(opt: argparse.Namespace) -> nn.Module:
+    checkpoint = ckpt.load_checkpoint(opt.path_t)
+    arch = ckpt.teacher_arch(checkpoint, opt.path_t, opt.model_t)
+    from helper.options import resolve_model
+
+    arch = resolve_model(arch, opt.dataset, "teacher architecture")
+    recorded_classes = checkpoint.get("num_classes")
+    if recorded_classes is not None and int(recorded_classes) != opt.num_classes:
+        raise UsageError(f"teacher {opt.path_t} was trained for {recorded_classes} classes but --dataset "
+                         f"{opt.dataset} has {opt.num_classes}; use a teacher trained on this data set")
+    opt.model_t = arch
+    teacher = model_dict[arch](num_classes=opt.num_classes)
+    ckpt.load_weights(teacher, ckpt.model_state(checkpoint), opt.path_t, arch)
+    return teacher
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT; a second signal exits at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous: dict[int, Any] = {}
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def install(self) -> None:
+        def handler(signum: int, frame: Any) -> None:
+            if self.requested:
+                raise SystemExit(128 + signum)
+            self.requested = True
+
+        for signum in self.SIGNALS:
+            self.previous[signum] = signal.signal(signum, handler)
+
+    def uninstall(self) -> None:
+        for signum, previous in self.previous.items():
+            signal.signal(signum, previous)
+        self.previous.clear()
+
+
+class Run:
+    """One training run (teacher or student) from options to its folder of results."""
+
+    def __init__(self, opt: argparse.Namespace, kind: str):
+        self.opt, self.kind = opt, kind
+        self.device = select_device(opt.device)
+        if opt.amp == "fp16" and self.device.type != "cuda":
+            raise UsageError("--amp fp16 needs a CUDA device; on CPU use --amp bf16")
+        self.process: ProcessInfo = init_process_group(self.device.type)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", self.process.local_rank)
+        seed_everything(opt.seed + self.process.rank, opt.deterministic)
+
+        save_dir = Path(opt.save_dir).expanduser()
+        _check_writable(save_dir)
+        root = save_dir / ("teachers" if kind == "teacher" else "students")
+        self.student_name = opt.model if kind == "teacher" else opt.model_s
+        teacher = _load_teacher(opt) if kind == "student" else None
+        self.name = run_name(opt, kind)
+        self.run_dir = root / "models" / self.name
+        self.tensorboard_dir = root / "tensorboard" / self.name
+
+        student = model_dict[self.student_name](num_classes=opt.num_classes)
+        needs = distiller_zoo.get(opt.distill).data_needs(opt) if teacher is not None else dataset.DataNeeds()
+        self.data = dataset.build(opt, needs, self.device, self.process.rank, self.process.world_size)
+        opt.image_size, opt.n_data = self.data.image_size, self.data.num_train
+
+        if teacher is not None:
+            self.distiller: Distiller = distiller_zoo.build(opt, student, teacher)
+        else:
+            self.distiller = Distiller(student, None, opt)
+        self.distiller.to(self.device)
+        if opt.channels_last:
+            self.distiller.to(memory_format=torch.channels_last)
+        if opt.sync_bn and self.process.distributed:
+            self.distiller.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.distiller.student)
+        self.model: nn.Module = self.distiller
+        if self.process.distributed:
+            self.model = DistributedDataParallel(
+                self.distiller, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False, find_unused_parameters=True)
+        if opt.compile:
+            self.distiller.student.compile()
+            if teacher is not None:
+                self.distiller.teacher.compile()
+
+        self.config = StepConfig(self.device, AMP_DTYPES[opt.amp], opt.channels_last, opt.print_freq,
+                                 self.process.is_main)
+        self.logger = RunLogger(self.run_dir, self.tensorboard_dir, enabled=self.process.is_main)
+        self.stop = _StopFlag()
+        self.state = RunState()
+        self.init_spec = self.distiller.init_stage(opt) if teacher is not None else None
+        self.optimizer, self.scheduler = self._main_optimizer()
+        self.scaler = torch.amp.GradScaler("cuda") if opt.amp == "fp16" else None
+
+    # ----------------------------------------------------------------------------------------
+
+    def _main_optimizer(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        optimizer = make_sgd(self.distiller.main_parameters(), self.opt)
+        return optimizer, make_scheduler(optimizer, self.opt)
+
+    def _checkpoint_state(self, optimizer: torch.optim.Optimizer,
+                          scheduler: torch.optim.lr_scheduler.LRScheduler | None) -> dict[str, Any]:
+        return {
+            "model": self.distiller.student.state_dict(),
+            "distiller": self.distiller.trainable_state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": None if scheduler is None else scheduler.state_dict(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "stage": self.state.stage,
+            "epoch": self.state.epoch,
+            "best_acc": self.state.best_acc,
+            "best_epoch": self.state.best_epoch,
+            "history": self.state.history,
+            "rng": rng_state(),
+            "arch": self.student_name,
+            "num_classes": self.opt.num_classes,
+            "dataset": self.opt.dataset,
+            "run_name": self.name,
+        }
+
+    def _save(self, filename: str, state: dict[str, Any]) -> None:
+        if self.process.is_main:
+            ckpt.save_atomic(state, self.run_dir / filename)
+
+    def _resume(self, init_optimizer: torch.optim.Optimizer | None) -> None:
+        path = self.opt.resume
+        if path == "auto":
+            path = self.run_dir / "latest.pth"
+            if not path.is_file():
+                self.logger.info(f"no checkpoint in {self.run_dir}; starting from scratch")
+                return
+        state = ckpt.load_checkpoint(path)
+        if state.get("run_name") not in (None, self.name):
+            raise UsageError(f"--resume {path} belongs to run {state['run_name']}, not {self.name}; "
+                             "point --resume at this run's checkpoint")
+        if "optimizer" not in state or "stage" not in state:
+            raise UsageError(f"--resume {path} holds weights only, not a resumable run state")
+        self.distiller.student.load_state_dict(state["model"])
+        self.distiller.load_trainable_state_dict(state["distiller"])
+        self.state = RunState(state["stage"], state["epoch"], state["best_acc"], state["best_epoch"],
+                              list(state["history"]))
+        if state["stage"] == "init":
+            init_optimizer.load_state_dict(state["optimizer"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.logger.info(f"resumed from {path}: stage {state['stage']}, epoch {state['epoch']} done")
+
+    def _evaluate(self, loader) -> dict[str, float]:
+        self.distiller.eval()
+        return validate(self.distiller.predict, loader, self.config)
+
+    def _train_epoch(self, optimizer, epoch: int, label: str) -> dict[str, float]:
+        self.data.train.set_epoch(epoch if label == "train" else -epoch)
+        self.distiller.set_epoch(epoch)
+        record = train_one_epoch(self.model, self.distiller.loss_weights, self.data.train, optimizer,
+                                 self.config, epoch, label, self.scaler, self.stop)
+        if record.pop("interrupted"):
+            raise Interrupted(f"{label} epoch {epoch}")
+        return record
+
+    # ----------------------------------------------------------------------------------------
+
+    def execute(self) -> dict[str, Any]:
+        opt = self.opt
+        start = time.perf_counter()
+        self.stop.install()
+        init_optimizer = None
+        if self.init_spec is not None:
+            init_optimizer = make_sgd(self.distiller.init_parameters(), opt, lr=self.init_spec.learning_rate)
+            self.state.stage = "init"
+        if opt.resume:
+            self._resume(init_optimizer)
+        if self.state.stage == "main" and self.state.epoch >= opt.epochs:
+            self.logger.info(f"run {self.name} is already finished ({opt.epochs} epochs); nothing to do")
+            return self._summary(time.perf_counter() - start, finished=True)
+
+        self.logger.info(f"run folder: {self.run_dir}")
+        teacher_acc = None
+        if self.kind == "student" and not opt.skip_validation:
+            teacher_eval = validate(lambda x: self.distiller.teacher(x), self.data.test, self.config)
+            teacher_acc = teacher_eval["acc1"]
+            self.logger.info(f"teacher accuracy: {teacher_acc:.2f}")
+
+        if self.state.stage == "init":
+            self._run_init_stage(init_optimizer)
+        self._run_main_stage(teacher_acc)
+        return self._summary(time.perf_counter() - start, finished=True, teacher_acc=teacher_acc)
+
+    def _run_init_stage(self, optimizer: torch.optim.Optimizer) -> None:
+        spec = self.init_spec
+        self.distiller.set_stage("init", self.opt)
+        self.logger.info(f"init stage: {spec.epochs} epochs at lr {spec.learning_rate} on {', '.join(spec.terms)}")
+        for epoch in range(self.state.epoch + 1, spec.epochs + 1):
+            record = self._train_epoch(optimizer, epoch, "init")
+            self.state.epoch = epoch
+            self.logger.epoch({"stage": "init", "epoch": epoch, "init_train_loss": record["loss"],
+                               **{f"init_{k}": v for k, v in record.items() if k != "loss"}},
+                              step=epoch - spec.epochs)
+            self._save("latest.pth", self._checkpoint_state(optimizer, None))
+        self.state = RunState("main", 0, 0.0, 0, self.state.history)
+        self.distiller.set_stage("main", self.opt)
+
+    def _run_main_stage(self, teacher_acc: float | None) -> None:
+        opt = self.opt
+        for epoch in range(self.state.epoch + 1, opt.epochs + 1):
+            lr = self.optimizer.param_groups[0]["lr"]
+            train = self._train_epoch(self.optimizer, epoch, "train")
+            self.scheduler.step()
+            test = self._evaluate(self.data.test)
+            record = {"stage": "main", "epoch": epoch, "lr": lr,
+                      **{f"train_{k}" if not k.startswith("images") else k: v for k, v in train.items()},
+                      "test_acc": test["acc1"], "test_acc_top5": test["acc5"], "test_loss": test["loss"]}
+            selection = test["acc1"]
+            if self.data.val is not None:
+                val = self._evaluate(self.data.val)
+                record.update(val_acc=val["acc1"], val_acc_top5=val["acc5"], val_loss=val["loss"])
+                selection = val["acc1"]
+            self.state.epoch = epoch
+            improved = selection > self.state.best_acc or self.state.best_epoch == 0
+            if improved:
+                self.state.best_acc, self.state.best_epoch = selection, epoch
+            self.state.history.append({k: record[k] for k in record if k != "stage"})
+            self.logger.epoch(record, step=epoch)
+            self.logger.info(f"epoch {epoch}: train_loss {train['loss']:.4f} train_acc {train['acc1']:.2f} "
+                             f"test_acc {test['acc1']:.2f} ({train['images_per_second']:.0f} img/s)")
+            state = self._checkpoint_state(self.optimizer, self.scheduler)
+            if improved:
+                self._save(f"{self.student_name}_best.pth", {**state, "accuracy": selection})
+            if epoch % opt.save_freq == 0:
+                self._save(f"ckpt_epoch_{epoch}.pth", {**state, "accuracy": test["acc1"]})
+            if epoch == opt.epochs:
+                self._save(f"{self.student_name}_last.pth", {**state, "accuracy": test["acc1"]})
+            self._save("latest.pth", state)
+
+    def _summary(self, wall_time: float, finished: bool, teacher_acc: float | None = None) -> dict[str, Any]:
+        history = self.state.history
+        last = history[-1] if history else {}
+        best = next((h for h in history if h["epoch"] == self.state.best_epoch), {})
+        summary = {
+            "run_name": self.name,
+            "finished": finished,
+            "epochs": len(history),
+            "selection": "val_acc" if self.data.val is not None else "test_acc",
+            "best_epoch": self.state.best_epoch,
+            "best_acc": best.get("test_acc"),
+            "best_acc_top5": best.get("test_acc_top5"),
+            "last_acc": last.get("test_acc"),
+            "last_acc_top5": last.get("test_acc_top5"),
+            "best_val_acc": best.get("val_acc"),
+            "teacher_acc": teacher_acc,
+            "wall_time_seconds": wall_time,
+            "images_per_second": (sum(h["images_per_second"] for h in history) / len(history)) if history else None,
+            "args": {k: v for k, v in vars(self.opt).items()},
+        }
+        self.logger.summary(summary)
+        return summary
+
+    def close(self) -> None:
+        self.stop.uninstall()
+        self.logger.close()
+        destroy_process_group()
+
+
+def run(opt: argparse.Namespace, kind: str) -> dict[str, Any]:
+    """Train per ``opt``; ``kind`` is ``"teacher"`` or ``"student"``. Returns the summary."""
+    run_ = Run(opt, kind)
+    try:
+        return run_.execute()
+    finally:
+        run_.close()

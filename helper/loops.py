@@ -1,0 +1,157 @@
+"""One training epoch and one evaluation pass, for any Distiller (the teacher run included).
+
+Nothing here knows a method: a Distiller returns named loss terms and says how much each term
+weighs. Per step the host never waits for the device except when a log line is due (and on
+the CPU, where checking costs nothing, for the NaN guard).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dataset.batch import Batch
+from helper.distributed import all_reduce_sum
+from helper.logger import Progress
+from helper.meters import AverageMeter, accuracy
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss term became NaN or infinite; the run stops and keeps its last good checkpoint."""
+
+    def __init__(self, epoch: int, iteration: int, term: str):
+        super().__init__(f"loss term '{term}' became non-finite at epoch {epoch}, iteration {iteration}")
+        self.epoch, self.iteration, self.term = epoch, iteration, term
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """How steps run: device, autocast precision, memory layout, logging frequency."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+    print_freq: int = 100
+    is_main: bool = True
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
+def weighted_loss(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """Σ weight·term; a term the Distiller gives no weight for is a programming error."""
+    unweighted = set(terms) - set(weights)
+    if unweighted:
+        raise KeyError(f"loss terms without a weight: {sorted(unweighted)}")
+    return sum(weights[name] * value for name, value in terms.items())
+
+
+def train_one_epoch(
+    model: nn.Module,
+    weights: dict[str, float],
+    loader: Iterable[Batch],
+    optimizer: torch.optim.Optimizer,
+    config: StepConfig,
+    epoch: int,
+    label: str = "train",
+    scaler: torch.amp.GradScaler | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> dict[str, float]:
+    """Train ``model`` (a Distiller, possibly DDP-wrapped) for one pass over ``loader``.
+
+    Returns the epoch means of the weighted loss, every term, and top-1/top-5 accuracy
+    (reduced over processes), plus images per second and ``interrupted`` when
+    ``should_stop`` ended the epoch early.
+    """
+    model.train()
+    meters: dict[str, AverageMeter] = {"loss": AverageMeter(), "acc1": AverageMeter(), "acc5": AverageMeter()}
+    first_bad = torch.full((), -1, dtype=torch.long, device=config.device)
+    term_names: list[str] = []
+    check_every_step = config.device.type == "cpu"
+    progress = Progress(len(loader), f"{label} epoch {epoch}", config.print_freq, config.is_main)
+    start, images_seen, interrupted = time.perf_counter(), 0, False
+
+    for iteration, batch in enumerate(loader, start=1):
+        batch = batch.to(config.device, channels_last=config.channels_last)
+        with config.autocast():
+            prediction, terms = model(batch)
+        term_names = list(terms)
+        stacked = torch.stack([value.detach().float() for value in terms.values()])
+        finite = torch.isfinite(stacked)
+        if check_every_step:
+            if not bool(finite.all()):
+                raise NonFiniteLoss(epoch, iteration, term_names[int((~finite).nonzero()[0])])
+        else:
+            first_bad = torch.where((first_bad < 0) & ~finite.all(), iteration, first_bad)
+
+        loss = weighted_loss(terms, weights)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+
+        n = len(batch)
+        images_seen += n
+        top1, top5 = accuracy(prediction.detach(), batch.targets)
+        meters["loss"].update(loss.detach(), n)
+        meters["acc1"].update(top1, n)
+        meters["acc5"].update(top5, n)
+        for name, value in zip(term_names, stacked):
+            meters.setdefault(name, AverageMeter()).update(value, n)
+
+        if progress.wants_update(iteration):
+            if not check_every_step and int(first_bad) >= 0:
+                raise NonFiniteLoss(epoch, int(first_bad), "(one of) " + ", ".join(term_names))
+            progress.update(iteration, {"loss": meters["loss"].avg, "acc1": meters["acc1"].avg})
+        if should_stop():
+            interrupted = True
+            break
+    progress.close()
+    if not check_every_step and int(first_bad) >= 0:
+        raise NonFiniteLoss(epoch, int(first_bad), "(one of) " + ", ".join(term_names))
+
+    elapsed = time.perf_counter() - start
+    record = _reduced_means(meters, config.device)
+    record["images_per_second"] = images_seen / max(elapsed, 1e-9)
+    record["interrupted"] = interrupted
+    return record
+
+
+def _reduced_means(meters: dict[str, AverageMeter], device: torch.device) -> dict[str, float]:
+    """Sample-weighted means over all processes."""
+    names = list(meters)
+    totals = torch.tensor([float(meters[n].total) for n in names] + [float(meters["loss"].count)],
+                          dtype=torch.float64, device=device)
+    totals = all_reduce_sum(totals).tolist()
+    count = max(totals[-1], 1.0)
+    return {name: total / count for name, total in zip(names, totals[:-1])}
+
+
+@torch.no_grad()
+def validate(predict: Callable[[torch.Tensor], torch.Tensor], loader: Iterable[Batch],
+             config: StepConfig) -> dict[str, float]:
+    """Top-1, top-5 and cross-entropy of ``predict`` over ``loader`` (summed over processes)."""
+    sums = torch.zeros(4, dtype=torch.float64, device=config.device)
+    for batch in loader:
+        batch = batch.to(config.device, channels_last=config.channels_last)
+        with config.autocast():
+            logits = predict(batch.images)
+        logits = logits.float()
+        n = len(batch)
+        top1, top5 = accuracy(logits, batch.targets)
+        loss = nn.functional.cross_entropy(logits, batch.targets, reduction="sum")
+        sums += torch.stack([top1 * n / 100, top5 * n / 100, loss, torch.tensor(n, device=config.device)]).double()
+    correct1, correct5, loss_sum, count = all_reduce_sum(sums).tolist()
+    count = max(count, 1.0)
+    return {"acc1": 100 * correct1 / count, "acc5": 100 * correct5 / count, "loss": loss_sum / count}

@@ -1,0 +1,180 @@
+"""Command-line options of train_teacher.py and train_student.py, and their validation.
+
+Flag names are those of RepDistiller and SimKD, so their sweep scripts run unchanged: both
+``-r/-a/-b`` and SimKD's ``-c/-d/-b`` spellings, ``--path_t``, ``--gpu_id``, ``--dali``, and
+every long flag also in its hyphenated form (``--path-t``). Every mistake raises
+:class:`~helper.errors.UsageError` with a one-line message; the entry scripts exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+
+import distiller_zoo
+from distiller_zoo.registry import all_arguments
+from helper.errors import UsageError
+from models import model_dict, model_info
+from models.imagenet_resnet import IMAGENET_ALIASES
+
+DATASETS = ("cifar100", "cifar10", "imagenet", "digits")
+NUM_CLASSES = {"cifar100": 100, "cifar10": 10, "imagenet": 1000, "digits": 10}
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are usage errors (one line, exit 2, no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see --help)")
+
+    def add_argument(self, *flags: str, **kwargs):  # type: ignore[override]
+        hyphenated = [f.replace("_", "-") for f in flags if f.startswith("--") and "_" in f]
+        return super().add_argument(*flags, *[h for h in hyphenated if h not in flags], **kwargs)
+
+
+def _common_parser(description: str) -> argparse.ArgumentParser:
+    parser = _Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", default="cifar100", choices=DATASETS)
+    data.add_argument("--data_root", default="./data",
+                      help="CIFAR: the folder holding cifar-100-python/ (or cifar-10-batches-py/); "
+                           "ImageNet: the folder holding train/ and val/")
+    data.add_argument("--batch_size", type=int, default=64, help="per process")
+    data.add_argument("--num_workers", type=int, default=8, help="loader workers (capped at the CPU count)")
+    data.add_argument("--loader", default="fast", choices=["fast", "torchvision"],
+                      help="CIFAR/digits: whole-set tensor pipeline (fast) or per-image PIL reference")
+    data.add_argument("--dali", default=None, choices=["cpu", "gpu"], help="NVIDIA DALI pipeline for ImageNet")
+    data.add_argument("--val_split", type=float, default=0.0,
+                      help="hold out this fraction of the training set; the best checkpoint is chosen on it")
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--epochs", type=int, default=240)
+    optim.add_argument("--learning_rate", type=float, default=None,
+                       help="default 0.05, or 0.01 for MobileNet/ShuffleNet networks (METHODS.md §3.2)")
+    optim.add_argument("--lr_decay_epochs", default="150,180,210", help="comma-separated epochs")
+    optim.add_argument("--lr_decay_rate", type=float, default=0.1)
+    optim.add_argument("--weight_decay", type=float, default=5e-4)
+    optim.add_argument("--momentum", type=float, default=0.9)
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--trial", default="0", help="experiment id, part of the run folder name")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--deterministic", action="store_true",
+                     help="deterministic algorithms and seeded workers: two runs give the same weights")
+    run.add_argument("--save_dir", default="./save", help="root of everything a run writes")
+    run.add_argument("--save_freq", type=int, default=40, help="epochs between numbered checkpoints")
+    run.add_argument("--print_freq", type=int, default=100, help="iterations between log lines")
+    run.add_argument("--resume", default=None, help="a checkpoint path, or 'auto' for the run folder's latest")
+
+    speed = parser.add_argument_group("speed and devices")
+    speed.add_argument("--amp", default=None, choices=["bf16", "fp16"], help="autocast precision")
+    speed.add_argument("--channels_last", action="store_true")
+    speed.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    speed.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    speed.add_argument("--gpu_id", default=None, help="sets CUDA_VISIBLE_DEVICES before CUDA starts")
+    speed.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm under torchrun")
+    return parser
+
+
+def teacher_parser() -> argparse.ArgumentParser:
+    """The parser of train_teacher.py."""
+    parser = _common_parser("Train a network with cross-entropy (a teacher, or a plain student).")
+    parser.add_argument("--model", default="resnet32x4", help="any name in models.model_dict")
+    return parser
+
+
+def student_parser() -> argparse.ArgumentParser:
+    """The parser of train_student.py: the teacher flags plus distillation and method flags."""
+    parser = _common_parser("Distil a teacher into a student with one of the registered methods.")
+    parser.add_argument("--model_s", default="resnet8x4", help="student: any name in models.model_dict")
+    parser.add_argument("--path_t", required=True, help="teacher checkpoint")
+    parser.add_argument("--model_t", default=None,
+                        help="teacher architecture (default: the checkpoint's record, else its folder name)")
+    parser.add_argument("--skip_validation", action="store_true", help="do not evaluate the teacher first")
+
+    distill = parser.add_argument_group("distillation")
+    distill.add_argument("--distill", default=distiller_zoo.registry.DEFAULT_METHOD,
+                         help="method: " + " ".join([*distiller_zoo.DISTILLERS, *distiller_zoo.registry.ALIASES]))
+    distill.add_argument("-r", "--gamma", "-c", "--cls", dest="gamma", type=float, default=1.0,
+                         help="weight of cross-entropy with the labels")
+    distill.add_argument("-a", "--alpha", "-d", "--div", dest="alpha", type=float, default=None,
+                         help="weight of the KD term (default: the method's recommendation)")
+    distill.add_argument("-b", "--beta", dest="beta", type=float, default=None,
+                         help="weight of the method's own term (default: the method's recommendation)")
+    distill.add_argument("--kd_T", type=float, default=4.0, help="KD temperature")
+
+    methods = parser.add_argument_group("method flags")
+    for arg in all_arguments():
+        methods.add_argument(*arg.flags, dest=arg.dest, **arg.options)
+    return parser
+
+
+def parse_lr_decay_epochs(text: str) -> list[int]:
+    """``"150,180,210"`` → ``[150, 180, 210]``; anything else is a usage error."""
+    try:
+        epochs = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        epochs = []
+    if not epochs or any(e <= 0 for e in epochs) or epochs != sorted(epochs):
+        raise UsageError(f"--lr_decay_epochs {text!r} must be increasing positive integers, e.g. 150,180,210")
+    return epochs
+
+
+def resolve_model(name: str, dataset: str, flag: str) -> str:
+    """The registry name for ``name`` on ``dataset``, or a usage error naming the fix."""
+    if dataset == "imagenet":
+        name = IMAGENET_ALIASES.get(name, name)
+    if name not in model_dict:
+        raise UsageError(f"unknown model {flag} {name!r}; choose one of: {' '.join(model_dict)}")
+    expected = "imagenet" if dataset == "imagenet" else "cifar"
+    if model_info[name].input_kind != expected:
+        raise UsageError(f"{flag} {name} is a {model_info[name].input_kind} network but --dataset is "
+                         f"{dataset}; pick a {expected} network")
+    return name
+
+
+def _validate_common(opt: argparse.Namespace, model_name: str) -> None:
+    for flag in ("batch_size", "epochs", "save_freq", "print_freq"):
+        if getattr(opt, flag) <= 0:
+            raise UsageError(f"--{flag} must be positive, got {getattr(opt, flag)}")
+    if opt.num_workers < 0:
+        raise UsageError(f"--num_workers must be 0 or more, got {opt.num_workers}")
+    opt.num_workers = min(opt.num_workers, os.cpu_count() or 1)
+    if opt.learning_rate is None:
+        opt.learning_rate = 0.01 if model_info[model_name].small_lr and opt.dataset != "imagenet" else 0.05
+    if opt.learning_rate <= 0:
+        raise UsageError(f"--learning_rate must be positive, got {opt.learning_rate}")
+    if opt.weight_decay < 0 or not 0 <= opt.momentum < 1 or opt.lr_decay_rate <= 0:
+        raise UsageError("--weight_decay must be >= 0, --momentum in [0, 1) and --lr_decay_rate > 0")
+    opt.lr_decay_epochs = parse_lr_decay_epochs(opt.lr_decay_epochs)
+    if not 0 <= opt.val_split < 1:
+        raise UsageError(f"--val_split must be in [0, 1), got {opt.val_split}")
+    if opt.dali is not None and opt.dataset != "imagenet":
+        raise UsageError("--dali applies to --dataset imagenet only")
+    opt.num_classes = NUM_CLASSES[opt.dataset]
+
+
+def parse_teacher_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and validate train_teacher.py's command line."""
+    opt = teacher_parser().parse_args(argv)
+    opt.model = resolve_model(opt.model, opt.dataset, "--model")
+    _validate_common(opt, opt.model)
+    return opt
+
+
+def parse_student_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and validate train_student.py's command line (the teacher is checked on loading)."""
+    opt = student_parser().parse_args(argv)
+    opt.model_s = resolve_model(opt.model_s, opt.dataset, "--model_s")
+    _validate_common(opt, opt.model_s)
+    opt.distill = distiller_zoo.canonical_name(opt.distill)
+    recommended = distiller_zoo.get(opt.distill).recommended
+    opt.alpha = recommended.alpha if opt.alpha is None else opt.alpha
+    opt.beta = recommended.beta if opt.beta is None else opt.beta
+    for flag in ("feat_dim", "nce_k"):
+        if getattr(opt, flag, 1) <= 0:
+            raise UsageError(f"--{flag} must be positive, got {getattr(opt, flag)}")
+    if opt.kd_T <= 0:
+        raise UsageError(f"--kd_T must be positive, got {opt.kd_T}")
+    return opt

@@ -1,0 +1,13 @@
+"""Distil a teacher into a student with any registered method.
+
+    python train_student.py --path_t save/teachers/models/resnet32x4_vanilla_cifar100_trial_0/resnet32x4_best.pth \
+        --model_s resnet8x4 --distill crd -a 0 -b 0.8
+"""
+
+import sys
+
+from helper.cli import main
+from helper.options import parse_student_args
+
+if __name__ == "__main__":
+    sys.exit(main(parse_student_args, "student"))

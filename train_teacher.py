@@ -1,0 +1,12 @@
+"""Train a network with cross-entropy alone: a teacher, or the plain-student baseline.
+
+    python train_teacher.py --model resnet32x4 --dataset cifar100
+"""
+
+import sys
+
+from helper.cli import main
+from helper.options import parse_teacher_args
+
+if __name__ == "__main__":
+    sys.exit(main(parse_teacher_args, "teacher"))
