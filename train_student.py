@@ -1,7 +1,7 @@
-"""Distil a teacher into a student with any registered method.
+"""Distil a teacher into a student with any method registered in distiller_zoo/.
 
     python train_student.py --path_t save/teachers/models/resnet32x4_vanilla_cifar100_trial_0/resnet32x4_best.pth \
-        --model_s resnet8x4 --distill crd -a 0 -b 0.8
+        --model_s resnet8x4 --distill METHOD [-r GAMMA -a ALPHA -b BETA]
 """
 
 import sys

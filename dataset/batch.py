@@ -49,7 +49,7 @@ class DataNeeds:
     ``contrast_k > 0`` asks for ``contrast_indices`` with that many negatives per sample,
     drawn in ``contrast_mode`` (``exact``: the positive is the sample itself; ``relax``: a
     random sample of the same class). ``drop_last`` asks for full batches only (FIFO queues,
-    batch-size-wide attention heads).
+    modules whose width is the batch size).
     """
 
     indices: bool = False

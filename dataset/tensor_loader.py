@@ -1,0 +1,159 @@
+"""The fast loader: a whole in-memory split as one uint8 tensor on the device, batch-wise augmentation.
+
+A per-image PIL pipeline spends most of a CIFAR epoch in Python; here the split lives on the
+training device (the GPU when there is one, ~150 MB for CIFAR-100) and each batch is cropped,
+flipped and normalised with a handful of tensor operations. The operations are the
+reference pipeline's, RandomCrop(32, padding=4) (zero padding) → RandomHorizontalFlip(0.5) →
+ToTensor → Normalize, with the same distributions and, for the same crop and flip, bit-identical
+output (``crop_and_flip`` and ``normalize`` are exposed so tests can check it). The random
+streams are torch generators on the device, re-seeded from (seed, epoch, rank) by ``set_epoch``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dataset.arrays import ImageArrays
+from dataset.batch import Batch
+from dataset.contrast import ContrastSampler
+from dataset.seeding import Stream, derive_seed
+from dataset.sharding import (
+    batch_count,
+    evaluation_positions,
+    evaluation_share,
+    split_batches,
+    training_positions,
+    training_share,
+)
+
+CROP_PADDING = 4
+
+
+def draw_crop_flip(
+    batch_size: int, generator: torch.Generator, padding: int = CROP_PADDING, flip: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random crop offsets (uniform in [0, 2·padding]²) and flip flags (rate 0.5, or none).
+
+    Offsets are positions in the zero-padded image, as ``RandomCrop(padding=...)`` draws them.
+    """
+    device = generator.device
+    offsets = torch.randint(0, 2 * padding + 1, (2, batch_size), generator=generator, device=device)
+    if flip:
+        flips = torch.rand(batch_size, generator=generator, device=device) < 0.5
+    else:
+        flips = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    return offsets[0], offsets[1], flips
+
+
+def crop_and_flip(
+    images: torch.Tensor,
+    offsets_y: torch.Tensor,
+    offsets_x: torch.Tensor,
+    flips: torch.Tensor,
+    padding: int = CROP_PADDING,
+) -> torch.Tensor:
+    """Crop each image of ``[B, C, H, W]`` at its offset in its zero-padded copy, mirror the flagged ones.
+
+    Equals torchvision's ``pad(padding) → crop(offset_y, offset_x, H, W) → hflip if flagged``
+    image by image, done as one gather over the flattened padded images.
+    """
+    batch, channels, height, width = images.shape
+    device = images.device
+    padded_width = width + 2 * padding
+    padded = F.pad(images, (padding, padding, padding, padding)).flatten(2)
+    rows = offsets_y.unsqueeze(1) + torch.arange(height, device=device)
+    columns = torch.arange(width, device=device)
+    columns = torch.where(flips.unsqueeze(1), width - 1 - columns, columns) + offsets_x.unsqueeze(1)
+    pixels = rows.unsqueeze(2) * padded_width + columns.unsqueeze(1)
+    pixels = pixels.view(batch, 1, height * width).expand(batch, channels, height * width)
+    return padded.gather(2, pixels).view(batch, channels, height, width)
+
+
+def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[B, C, H, W]`` → float32 ``(x/255 − mean)/std``, in ToTensor's and Normalize's order.
+
+    Doing the same float32 operations in the same order makes the result bit-identical to the
+    reference pipeline's for the same pixels.
+    """
+    return images.float().div(255).sub(mean.view(-1, 1, 1)).div(std.view(-1, 1, 1))
+
+
+class TensorLoader:
+    """Batches of one in-memory split, held as a single uint8 tensor on ``device``.
+
+    ``train=True``: a fresh permutation each epoch, this rank's shard of it, random crop and
+    (if ``flip``; off for digits, where a mirrored image is another digit) horizontal flip,
+    contrast indices when a ``contrast`` sampler is given.
+    ``train=False``: the stored order, this rank's unpadded shard, no augmentation.
+    Every batch carries ``indices`` (positions in this split).
+    """
+
+    def __init__(
+        self,
+        arrays: ImageArrays,
+        *,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        batch_size: int,
+        device: torch.device,
+        seed: int,
+        train: bool,
+        flip: bool = True,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        contrast: ContrastSampler | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.images = torch.from_numpy(np.ascontiguousarray(arrays.images)).to(self.device)
+        self.targets = torch.from_numpy(np.asarray(arrays.targets, dtype=np.int64)).to(self.device)
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.train = train
+        self.flip = flip
+        self.drop_last = drop_last
+        self.rank = rank
+        self.world_size = world_size
+        self.contrast = contrast
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Fix the randomness of the next pass: order, crops, flips and negatives of ``epoch``."""
+        self.epoch = int(epoch)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank sees per epoch (including wrap-around padding when sharded)."""
+        if self.train:
+            return training_share(len(self.targets), self.world_size)
+        return evaluation_share(len(self.targets), self.rank, self.world_size)
+
+    def __len__(self) -> int:
+        return batch_count(self.num_samples, self.batch_size, self.train and self.drop_last)
+
+    def __iter__(self) -> Iterator[Batch]:
+        if not self.train:
+            positions = evaluation_positions(len(self.targets), rank=self.rank, world_size=self.world_size)
+            for batch in split_batches(positions.to(self.device), self.batch_size, drop_last=False):
+                yield Batch(normalize(self.images[batch], self.mean, self.std), self.targets[batch], batch)
+            return
+        positions = training_positions(
+            len(self.targets), seed=self.seed, epoch=self.epoch, rank=self.rank, world_size=self.world_size
+        )
+        augment = self._generator(Stream.AUGMENT)
+        contrast = self._generator(Stream.CONTRAST) if self.contrast is not None else None
+        for batch in split_batches(positions.to(self.device), self.batch_size, self.drop_last):
+            offsets_y, offsets_x, flips = draw_crop_flip(len(batch), augment, flip=self.flip)
+            images = crop_and_flip(self.images[batch], offsets_y, offsets_x, flips)
+            contrast_indices = None if contrast is None else self.contrast.sample(batch, contrast)
+            yield Batch(normalize(images, self.mean, self.std), self.targets[batch], batch, contrast_indices)
+
+    def _generator(self, stream: Stream) -> torch.Generator:
+        generator = torch.Generator(device=self.device)
+        return generator.manual_seed(derive_seed(self.seed, self.epoch, self.rank, stream))
