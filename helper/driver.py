@@ -70,11 +70,12 @@ def run_name(opt: argparse.Namespace, kind: str) -> str:
 
 
 def _check_writable(save_dir: Path) -> None:
-    probe = save_dir
+    probe = save_dir.absolute()
     while not probe.exists():
         probe = probe.parent
-    if not os.access(probe, os.W_OK):
-        raise UsageError(f"--save_dir {save_dir} is not writable; pick a folder you can write to")
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise UsageError(f"--save_dir {save_dir} is not writable ({probe} is not a writable folder); "
+                         "pick a folder you can write to")
 
 
 def _load_teacher(opt: argparse.Namespace) -> nn.Module:
@@ -174,6 +175,12 @@ class Run:
         self.init_spec = self.distiller.init_stage(opt) if teacher is not None else None
         self.optimizer, self.scheduler = self._main_optimizer()
         self.scaler = torch.amp.GradScaler("cuda") if opt.amp == "fp16" else None
+        self.init_optimizer = None
+        if self.init_spec is not None:
+            self.init_optimizer = make_sgd(self.distiller.init_parameters(), opt, lr=self.init_spec.learning_rate)
+            self.state.stage = "init"
+        if opt.resume:
+            self._resume(self.init_optimizer)
 
     # ----------------------------------------------------------------------------------------
 
@@ -251,12 +258,6 @@ class Run:
         opt = self.opt
         start = time.perf_counter()
         self.stop.install()
-        init_optimizer = None
-        if self.init_spec is not None:
-            init_optimizer = make_sgd(self.distiller.init_parameters(), opt, lr=self.init_spec.learning_rate)
-            self.state.stage = "init"
-        if opt.resume:
-            self._resume(init_optimizer)
         if self.state.stage == "main" and self.state.epoch >= opt.epochs:
             self.logger.info(f"run {self.name} is already finished ({opt.epochs} epochs); nothing to do")
             return self._summary(time.perf_counter() - start, finished=True)
@@ -269,7 +270,7 @@ class Run:
             self.logger.info(f"teacher accuracy: {teacher_acc:.2f}")
 
         if self.state.stage == "init":
-            self._run_init_stage(init_optimizer)
+            self._run_init_stage(self.init_optimizer)
         self._run_main_stage(teacher_acc)
         return self._summary(time.perf_counter() - start, finished=True, teacher_acc=teacher_acc)
 

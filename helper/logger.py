@@ -33,11 +33,16 @@ class RunLogger:
 
     def __init__(self, run_dir: Path, tensorboard_dir: Path, enabled: bool = True):
         self.enabled = enabled
-        self.run_dir = run_dir
-        self.writer: SummaryWriter | None = None
-        if enabled:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            self.writer = SummaryWriter(log_dir=str(tensorboard_dir))
+        self.run_dir, self.tensorboard_dir = run_dir, tensorboard_dir
+        self._writer: SummaryWriter | None = None
+
+    @property
+    def writer(self) -> SummaryWriter:
+        """Created on the first record, so that a run that fails early leaves no folder behind."""
+        if self._writer is None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._writer = SummaryWriter(log_dir=str(self.tensorboard_dir))
+        return self._writer
 
     def info(self, message: str) -> None:
         if self.enabled:
@@ -47,20 +52,22 @@ class RunLogger:
         """Append one epoch's record to metrics.jsonl and TensorBoard."""
         if not self.enabled:
             return
+        writer = self.writer
         with open(self.run_dir / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(_json_safe(record)) + "\n")
         for key, value in record.items():
             if isinstance(value, (int, float)) and key != "epoch":
-                self.writer.add_scalar(key, value, step)
-        self.writer.flush()
+                writer.add_scalar(key, value, step)
+        writer.flush()
 
     def summary(self, summary: dict[str, Any]) -> None:
         if self.enabled:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        if self._writer is not None:
+            self._writer.close()
 
 
 class Progress:
