@@ -23,10 +23,16 @@ import dataset
 import distiller_zoo
 from distiller_zoo.base import Distiller
 from helper import checkpoint as ckpt
-from helper.distributed import ProcessInfo, destroy_process_group, init_process_group
+from helper.distributed import (
+    ProcessInfo,
+    all_reduce_sum,
+    average_batchnorm_statistics,
+    destroy_process_group,
+    init_process_group,
+)
 from helper.errors import UsageError
 from helper.logger import RunLogger
-from helper.loops import StepConfig, train_one_epoch, validate
+from helper.loops import EpochProgress, StepConfig, train_one_epoch, validate
 from helper.optim import make_scheduler, make_sgd
 from helper.seeding import rng_state, seed_everything, set_rng_state
 from models import model_dict
@@ -95,16 +101,28 @@ def _load_teacher(opt: argparse.Namespace) -> nn.Module:
 
 
 class _StopFlag:
-    """Set by SIGTERM/SIGINT; a second signal exits at once."""
+    """Set by SIGTERM/SIGINT; a second signal exits at once.
+
+    Under torchrun every process must stop after the same step, so the flag is agreed on
+    (an all-reduce) every ``agree_every`` steps instead of read locally after each step.
+    """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self) -> None:
+    def __init__(self, process: ProcessInfo, device: torch.device, agree_every: int) -> None:
         self.requested = False
         self.previous: dict[int, Any] = {}
+        self.process, self.device, self.agree_every = process, device, agree_every
+        self.calls = 0
 
     def __call__(self) -> bool:
-        return self.requested
+        if not self.process.distributed:
+            return self.requested
+        self.calls += 1
+        if self.calls % self.agree_every:
+            return False
+        flag = all_reduce_sum(torch.tensor([float(self.requested)], device=self.device))
+        return bool(flag.item() > 0)
 
     def install(self) -> None:
         def handler(signum: int, frame: Any) -> None:
@@ -161,7 +179,7 @@ class Run:
         if self.process.distributed:
             self.model = DistributedDataParallel(
                 self.distiller, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=False, find_unused_parameters=True)
+                forward_sync_buffers=False, find_unused_parameters=True)  # buffers: rank 0's at start, then kept equal
         if opt.compile:
             self.distiller.student.compile()
             if teacher is not None:
@@ -170,12 +188,14 @@ class Run:
         self.config = StepConfig(self.device, AMP_DTYPES[opt.amp], opt.channels_last, opt.print_freq,
                                  self.process.is_main)
         self.logger = RunLogger(self.run_dir, self.tensorboard_dir, enabled=self.process.is_main)
-        self.stop = _StopFlag()
+        self.stop = _StopFlag(self.process, self.device, agree_every=min(opt.print_freq, 20))
         self.state = RunState()
         self.init_spec = self.distiller.init_stage(opt) if teacher is not None else None
         self.optimizer, self.scheduler = self._main_optimizer()
         self.scaler = torch.amp.GradScaler("cuda") if opt.amp == "fp16" else None
         self.init_optimizer = None
+        self.pending: EpochProgress | None = None
+        self.resumed_from: Path | None = None
         if self.init_spec is not None:
             self.init_optimizer = make_sgd(self.distiller.init_parameters(), opt, lr=self.init_spec.learning_rate)
             self.state.stage = "init"
@@ -189,7 +209,8 @@ class Run:
         return optimizer, make_scheduler(optimizer, self.opt)
 
     def _checkpoint_state(self, optimizer: torch.optim.Optimizer,
-                          scheduler: torch.optim.lr_scheduler.LRScheduler | None) -> dict[str, Any]:
+                          scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+                          partial: EpochProgress | None = None) -> dict[str, Any]:
         return {
             "model": self.distiller.student.state_dict(),
             "distiller": self.distiller.trainable_state_dict(),
@@ -198,6 +219,8 @@ class Run:
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
             "stage": self.state.stage,
             "epoch": self.state.epoch,
+            "partial": None if partial is None else {"iteration": partial.iteration,
+                                                     "meters": {k: list(v) for k, v in partial.meters.items()}},
             "best_acc": self.state.best_acc,
             "best_epoch": self.state.best_epoch,
             "history": self.state.history,
@@ -236,67 +259,79 @@ class Run:
             self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        if state.get("partial"):
+            partial = state["partial"]
+            self.pending = EpochProgress(partial["iteration"], {k: tuple(v) for k, v in partial["meters"].items()})
         set_rng_state(state["rng"])
-        self.logger.info(f"resumed from {path}: stage {state['stage']}, epoch {state['epoch']} done")
+        self.resumed_from = Path(path)
+        where = f", {self.pending.iteration} iterations into the next" if self.pending else ""
+        self.logger.info(f"resumed from {path}: stage {state['stage']}, epoch {state['epoch']} done{where}")
 
     def _evaluate(self, loader) -> dict[str, float]:
+        average_batchnorm_statistics(self.distiller, frozen=self.distiller.teacher)  # torchrun: one network
         self.distiller.eval()
         return validate(self.distiller.predict, loader, self.config)
 
-    def _train_epoch(self, optimizer, epoch: int, label: str) -> dict[str, float]:
+    def _train_epoch(self, optimizer, scheduler, epoch: int, label: str) -> dict[str, float]:
+        """One epoch; on SIGTERM/SIGINT, save where it stopped as ``latest`` and raise Interrupted."""
         self.data.train.set_epoch(epoch if label == "train" else -epoch)
         self.distiller.set_epoch(epoch)
-        record = train_one_epoch(self.model, self.distiller.loss_weights, self.data.train, optimizer,
-                                 self.config, epoch, label, self.scaler, self.stop)
-        if record.pop("interrupted"):
-            raise Interrupted(f"{label} epoch {epoch}")
+        resume_from, self.pending = self.pending, None
+        record, stopped = train_one_epoch(self.model, self.distiller.loss_weights, self.data.train, optimizer,
+                                          self.config, epoch, label, self.scaler, self.stop, resume_from)
+        if stopped is not None:
+            self._save("latest.pth", self._checkpoint_state(optimizer, scheduler, stopped))
+            raise Interrupted(f"{label} epoch {epoch}, iteration {stopped.iteration}")
         return record
+
+    def _record(self, record: dict[str, Any]) -> None:
+        self.state.history.append(record)
+        self.logger.epoch(record, step=record["epoch"])
 
     # ----------------------------------------------------------------------------------------
 
     def execute(self) -> dict[str, Any]:
         opt = self.opt
         start = time.perf_counter()
-        self.stop.install()
         if self.state.stage == "main" and self.state.epoch >= opt.epochs:
             self.logger.info(f"run {self.name} is already finished ({opt.epochs} epochs); nothing to do")
-            return self._summary(time.perf_counter() - start, finished=True)
-
+            return {"run_name": self.name, "finished": True}
+        self.stop.install()
         self.logger.info(f"run folder: {self.run_dir}")
+        if self.resumed_from is not None:
+            self.logger.rewrite(self.state.history)
         teacher_acc = None
         if self.kind == "student" and not opt.skip_validation:
-            teacher_eval = validate(lambda x: self.distiller.teacher(x), self.data.test, self.config)
-            teacher_acc = teacher_eval["acc1"]
+            teacher_acc = validate(self.distiller.teacher, self.data.test, self.config)["acc1"]
             self.logger.info(f"teacher accuracy: {teacher_acc:.2f}")
 
         if self.state.stage == "init":
             self._run_init_stage(self.init_optimizer)
-        self._run_main_stage(teacher_acc)
-        return self._summary(time.perf_counter() - start, finished=True, teacher_acc=teacher_acc)
+        self._run_main_stage()
+        return self._summary(time.perf_counter() - start, teacher_acc)
 
     def _run_init_stage(self, optimizer: torch.optim.Optimizer) -> None:
         spec = self.init_spec
         self.distiller.set_stage("init", self.opt)
         self.logger.info(f"init stage: {spec.epochs} epochs at lr {spec.learning_rate} on {', '.join(spec.terms)}")
         for epoch in range(self.state.epoch + 1, spec.epochs + 1):
-            record = self._train_epoch(optimizer, epoch, "init")
+            train = self._train_epoch(optimizer, None, epoch, "init")
             self.state.epoch = epoch
-            self.logger.epoch({"stage": "init", "epoch": epoch, "init_train_loss": record["loss"],
-                               **{f"init_{k}": v for k, v in record.items() if k != "loss"}},
-                              step=epoch - spec.epochs)
+            self._record({"stage": "init", "epoch": epoch, "init_train_loss": train.pop("loss"),
+                          **{f"init_train_{k}" if k != "images_per_second" else k: v for k, v in train.items()}})
             self._save("latest.pth", self._checkpoint_state(optimizer, None))
         self.state = RunState("main", 0, 0.0, 0, self.state.history)
         self.distiller.set_stage("main", self.opt)
 
-    def _run_main_stage(self, teacher_acc: float | None) -> None:
+    def _run_main_stage(self) -> None:
         opt = self.opt
         for epoch in range(self.state.epoch + 1, opt.epochs + 1):
             lr = self.optimizer.param_groups[0]["lr"]
-            train = self._train_epoch(self.optimizer, epoch, "train")
+            train = self._train_epoch(self.optimizer, self.scheduler, epoch, "train")
             self.scheduler.step()
             test = self._evaluate(self.data.test)
             record = {"stage": "main", "epoch": epoch, "lr": lr,
-                      **{f"train_{k}" if not k.startswith("images") else k: v for k, v in train.items()},
+                      **{f"train_{k}" if k != "images_per_second" else k: v for k, v in train.items()},
                       "test_acc": test["acc1"], "test_acc_top5": test["acc5"], "test_loss": test["loss"]}
             selection = test["acc1"]
             if self.data.val is not None:
@@ -307,8 +342,7 @@ class Run:
             improved = selection > self.state.best_acc or self.state.best_epoch == 0
             if improved:
                 self.state.best_acc, self.state.best_epoch = selection, epoch
-            self.state.history.append({k: record[k] for k in record if k != "stage"})
-            self.logger.epoch(record, step=epoch)
+            self._record(record)
             self.logger.info(f"epoch {epoch}: train_loss {train['loss']:.4f} train_acc {train['acc1']:.2f} "
                              f"test_acc {test['acc1']:.2f} ({train['images_per_second']:.0f} img/s)")
             state = self._checkpoint_state(self.optimizer, self.scheduler)
@@ -320,13 +354,13 @@ class Run:
                 self._save(f"{self.student_name}_last.pth", {**state, "accuracy": test["acc1"]})
             self._save("latest.pth", state)
 
-    def _summary(self, wall_time: float, finished: bool, teacher_acc: float | None = None) -> dict[str, Any]:
-        history = self.state.history
+    def _summary(self, wall_time: float, teacher_acc: float | None = None) -> dict[str, Any]:
+        history = [h for h in self.state.history if h["stage"] == "main"]
         last = history[-1] if history else {}
         best = next((h for h in history if h["epoch"] == self.state.best_epoch), {})
         summary = {
             "run_name": self.name,
-            "finished": finished,
+            "finished": self.state.stage == "main" and self.state.epoch >= self.opt.epochs,
             "epochs": len(history),
             "selection": "val_acc" if self.data.val is not None else "test_acc",
             "best_epoch": self.state.best_epoch,
@@ -338,7 +372,7 @@ class Run:
             "teacher_acc": teacher_acc,
             "wall_time_seconds": wall_time,
             "images_per_second": (sum(h["images_per_second"] for h in history) / len(history)) if history else None,
-            "args": {k: v for k, v in vars(self.opt).items()},
+            "args": dict(vars(self.opt)),
         }
         self.logger.summary(summary)
         return summary

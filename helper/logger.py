@@ -60,6 +60,14 @@ class RunLogger:
                 writer.add_scalar(key, value, step)
         writer.flush()
 
+    def rewrite(self, records: list[dict[str, Any]]) -> None:
+        """Make metrics.jsonl hold exactly ``records`` (a resumed run drops epochs it redoes)."""
+        if not self.enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        lines = "".join(json.dumps(_json_safe(record)) + "\n" for record in records)
+        (self.run_dir / "metrics.jsonl").write_text(lines)
+
     def summary(self, summary: dict[str, Any]) -> None:
         if self.enabled:
             self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -53,6 +53,14 @@ def weighted_loss(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> 
     return sum(weights[name] * value for name, value in terms.items())
 
 
+@dataclass
+class EpochProgress:
+    """How far an interrupted epoch got: the last finished iteration and its running sums."""
+
+    iteration: int = 0
+    meters: dict[str, tuple[float, int]] = field(default_factory=dict)
+
+
 def train_one_epoch(
     model: nn.Module,
     weights: dict[str, float],
@@ -63,22 +71,32 @@ def train_one_epoch(
     label: str = "train",
     scaler: torch.amp.GradScaler | None = None,
     should_stop: Callable[[], bool] = lambda: False,
-) -> dict[str, float]:
+    resume_from: EpochProgress | None = None,
+) -> tuple[dict[str, float], EpochProgress | None]:
     """Train ``model`` (a Distiller, possibly DDP-wrapped) for one pass over ``loader``.
 
     Returns the epoch means of the weighted loss, every term, and top-1/top-5 accuracy
-    (reduced over processes), plus images per second and ``interrupted`` when
-    ``should_stop`` ended the epoch early.
+    (reduced over processes) with images per second, and ``None``; or, when ``should_stop``
+    ended the epoch early, the partial record and the :class:`EpochProgress` to continue
+    from. ``resume_from`` continues such an epoch: the loader replays the same epoch (its
+    randomness depends on the epoch alone) and the finished iterations are skipped.
     """
     model.train()
     meters: dict[str, AverageMeter] = {"loss": AverageMeter(), "acc1": AverageMeter(), "acc5": AverageMeter()}
+    skip = 0
+    if resume_from is not None:
+        skip = resume_from.iteration
+        for name, (total, count) in resume_from.meters.items():
+            meters.setdefault(name, AverageMeter()).restore(total, count)
     first_bad = torch.full((), -1, dtype=torch.long, device=config.device)
     term_names: list[str] = []
     check_every_step = config.device.type == "cpu"
     progress = Progress(len(loader), f"{label} epoch {epoch}", config.print_freq, config.is_main)
-    start, images_seen, interrupted = time.perf_counter(), 0, False
+    start, images_seen, stopped_at = time.perf_counter(), 0, None
 
     for iteration, batch in enumerate(loader, start=1):
+        if iteration <= skip:
+            continue
         batch = batch.to(config.device, channels_last=config.channels_last)
         with config.autocast():
             prediction, terms = model(batch)
@@ -115,17 +133,18 @@ def train_one_epoch(
                 raise NonFiniteLoss(epoch, int(first_bad), "(one of) " + ", ".join(term_names))
             progress.update(iteration, {"loss": meters["loss"].avg, "acc1": meters["acc1"].avg})
         if should_stop():
-            interrupted = True
+            stopped_at = iteration
             break
     progress.close()
     if not check_every_step and int(first_bad) >= 0:
         raise NonFiniteLoss(epoch, int(first_bad), "(one of) " + ", ".join(term_names))
 
     elapsed = time.perf_counter() - start
+    if stopped_at is not None:
+        return {}, EpochProgress(stopped_at, {n: (float(m.total), m.count) for n, m in meters.items()})
     record = _reduced_means(meters, config.device)
     record["images_per_second"] = images_seen / max(elapsed, 1e-9)
-    record["interrupted"] = interrupted
-    return record
+    return record, None
 
 
 def _reduced_means(meters: dict[str, AverageMeter], device: torch.device) -> dict[str, float]:

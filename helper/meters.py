@@ -16,6 +16,10 @@ class AverageMeter:
         self.total = self.total + (value.detach() if isinstance(value, torch.Tensor) else value) * n
         self.count += n
 
+    def restore(self, total: float, count: int) -> None:
+        """Continue from running sums saved by an interrupted epoch."""
+        self.total, self.count = total, count
+
     @property
     def avg(self) -> float:
         return float(self.total) / max(self.count, 1)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 
 import distiller_zoo
 from distiller_zoo.registry import all_arguments
+from helper.distributed import check_distributed_options
 from helper.errors import UsageError
 from models import model_dict, model_info
 from models.imagenet_resnet import IMAGENET_ALIASES
@@ -29,8 +31,20 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see --help)")
 
     def add_argument(self, *flags: str, **kwargs):  # type: ignore[override]
-        hyphenated = [f.replace("_", "-") for f in flags if f.startswith("--") and "_" in f]
-        return super().add_argument(*flags, *[h for h in hyphenated if h not in flags], **kwargs)
+        return super().add_argument(*_with_hyphenated(flags), **kwargs)
+
+    def add_argument_group(self, *args, **kwargs):  # type: ignore[override]
+        """A group whose flags also get their hyphenated spelling (groups do not call the parser's add_argument)."""
+        group = super().add_argument_group(*args, **kwargs)
+        add = group.add_argument
+        group.add_argument = lambda *flags, **options: add(*_with_hyphenated(flags), **options)  # type: ignore[method-assign]
+        return group
+
+
+def _with_hyphenated(flags: Sequence[str]) -> list[str]:
+    """``("--path_t",)`` → ``["--path_t", "--path-t"]``: upstream scripts spell flags both ways."""
+    hyphenated = [f.replace("_", "-") for f in flags if f.startswith("--") and "_" in f]
+    return [*flags, *[h for h in hyphenated if h not in flags]]
 
 
 def _common_parser(description: str) -> argparse.ArgumentParser:
@@ -73,7 +87,13 @@ def _common_parser(description: str) -> argparse.ArgumentParser:
     speed.add_argument("--compile", action="store_true", help="torch.compile the networks")
     speed.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     speed.add_argument("--gpu_id", default=None, help="sets CUDA_VISIBLE_DEVICES before CUDA starts")
-    speed.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm under torchrun")
+    speed.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm under torchrun (CUDA only)")
+
+    upstream = parser.add_argument_group("upstream launcher (SimKD/distillers ImageNet scripts)")
+    upstream.add_argument("--multiprocessing_distributed", action="store_true",
+                          help="upstream's one-process-per-GPU launcher: outside torchrun the run stops and "
+                               "prints the equivalent torchrun command; ignored under torchrun")
+    upstream.add_argument("--dist_url", default=None, help="upstream's rendezvous address; ignored (torchrun's)")
     return parser
 
 
@@ -158,6 +178,7 @@ def _validate_common(opt: argparse.Namespace, model_name: str) -> None:
 def parse_teacher_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse and validate train_teacher.py's command line."""
     opt = teacher_parser().parse_args(argv)
+    check_distributed_options(opt, argv, "train_teacher.py" if argv is not None else sys.argv[0])
     opt.model = resolve_model(opt.model, opt.dataset, "--model")
     _validate_common(opt, opt.model)
     return opt
@@ -166,6 +187,7 @@ def parse_teacher_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def parse_student_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse and validate train_student.py's command line (the teacher is checked on loading)."""
     opt = student_parser().parse_args(argv)
+    check_distributed_options(opt, argv, "train_student.py" if argv is not None else sys.argv[0])
     opt.model_s = resolve_model(opt.model_s, opt.dataset, "--model_s")
     _validate_common(opt, opt.model_s)
     opt.distill = distiller_zoo.canonical_name(opt.distill)
