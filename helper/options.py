@@ -24,6 +24,15 @@ DATASETS = ("cifar100", "cifar10", "imagenet", "digits")
 NUM_CLASSES = {"cifar100": 100, "cifar10": 10, "imagenet": 1000, "digits": 10}
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults in --help, except where the default is computed (the help text says how)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are usage errors (one line, exit 2, no usage dump)."""
 
@@ -48,7 +57,7 @@ def _with_hyphenated(flags: Sequence[str]) -> list[str]:
 
 
 def _common_parser(description: str) -> argparse.ArgumentParser:
-    parser = _Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = _Parser(description=description, formatter_class=_HelpFormatter)
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="cifar100", choices=DATASETS)
     data.add_argument("--data_root", default="./data",
