@@ -1,0 +1,71 @@
+"""Run folders written by hand, with known accuracies, and access to the scripts/ modules.
+
+The summary and plot tests need save folders whose numbers they know in advance; these are
+laid out exactly as train_teacher.py and train_student.py lay out theirs (folder names from
+:func:`helper.driver.run_name`, ``metrics.jsonl``, ``summary.json``), without training anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+from helper.driver import run_name
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
+
+
+def script(name: str) -> ModuleType:
+    """Import ``scripts/<name>.py`` (the scripts import each other as siblings, as when run)."""
+    if str(SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS))
+    return importlib.import_module(name)
+
+
+def write_run(save_dir: Path, model: str, test_acc: Sequence[float], *, teacher: str | None = None,
+              method: str | None = None, weights: tuple[float, float, float] = (1.0, 0.0, 0.0),
+              trial: str = "1", dataset: str = "cifar100", val_acc: Sequence[float] | None = None,
+              finished: bool | None = True) -> Path:
+    """A run folder whose epoch ``e`` had test accuracy ``test_acc[e-1]`` (and test loss 100 - it).
+
+    A vanilla run (train_teacher.py) when ``teacher`` is None, else a distilled one. The best
+    epoch is chosen on ``val_acc`` when given, else on ``test_acc``, as the driver chooses it.
+    ``finished=None`` writes no summary.json at all (a run that was cut off). Each epoch is
+    recorded as half an hour of wall time.
+    """
+    gamma, alpha, beta = weights
+    if teacher is None:
+        args = {"model": model, "dataset": dataset, "trial": trial, "epochs": len(test_acc)}
+        folder = save_dir / "teachers" / "models" / run_name(argparse.Namespace(**args), "teacher")
+    else:
+        args = {"model_s": model, "model_t": teacher, "distill": method, "gamma": gamma, "alpha": alpha,
+                "beta": beta, "dataset": dataset, "trial": trial, "epochs": len(test_acc)}
+        folder = save_dir / "students" / "models" / run_name(argparse.Namespace(**args), "student")
+    folder.mkdir(parents=True)
+    records = []
+    for epoch, accuracy in enumerate(test_acc, 1):
+        record = {"stage": "main", "epoch": epoch, "lr": 0.05, "train_loss": 1.0, "test_acc": accuracy,
+                  "test_acc_top5": min(100.0, accuracy + 20), "test_loss": 100.0 - accuracy}
+        if val_acc is not None:
+            record["val_acc"] = val_acc[epoch - 1]
+        records.append(record)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    if finished is None:
+        return folder
+    selected = val_acc if val_acc is not None else test_acc
+    best_epoch = max(range(len(selected)), key=lambda index: (selected[index], -index)) + 1
+    summary = {
+        "run_name": folder.name, "finished": finished, "epochs": len(test_acc),
+        "selection": "val_acc" if val_acc is not None else "test_acc", "best_epoch": best_epoch,
+        "best_acc": test_acc[best_epoch - 1], "last_acc": test_acc[-1],
+        "best_val_acc": None if val_acc is None else val_acc[best_epoch - 1],
+        "wall_time_seconds": 1800.0 * len(test_acc), "args": args,
+    }
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder

@@ -1,0 +1,191 @@
+"""scripts/summarize.py: the paper-layout table from run folders with known accuracies."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+
+import pytest
+
+from tests.conftest import run_main
+from tests.runfolders import script, write_run
+
+summarize = script("summarize")
+
+KD = ("kd", (0.1, 0.9, 0.0))  # the KD row: RepDistiller's -r 0.1 -a 0.9 -b 0
+CRD_KD = ("crd", (1.0, 1.0, 0.8))  # the CRD+KD row
+TEACHER, STUDENT = "resnet32x4", "resnet8x4"
+
+
+def cell(values: list[float]) -> str:
+    """The expected cell text, computed independently of the script."""
+    if len(values) == 1:
+        return f"{values[0]:.2f} (1)"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} ({len(values)})"
+
+
+def row_of(text: str, label: str, table: str | None = None) -> list[str]:
+    """The cells of the Markdown row ``label`` (in the section titled ``table`` if given)."""
+    if table is not None:
+        text = text[text.index(table):]
+    line = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
+    return [part.strip() for part in line.strip("|").split("|")][1:]
+
+
+@pytest.fixture
+def save(tmp_path):
+    """A save folder: 3 KD trials, 2 CRD+KD trials, teacher and plain-student runs, one vgg pair."""
+    kd_last = [73.1, 73.9, 74.4]
+    for trial, last in enumerate(kd_last, 1):
+        write_run(tmp_path, STUDENT, [60.0, 75.0, last], teacher=TEACHER, method=KD[0], weights=KD[1], trial=str(trial))
+    for trial, last in enumerate([75.0, 75.6], 1):
+        write_run(tmp_path, STUDENT, [60.0, 76.5, last], teacher=TEACHER, method=CRD_KD[0], weights=CRD_KD[1],
+                  trial=str(trial))
+    for trial, last in enumerate([79.0, 79.8, 79.3], 1):
+        write_run(tmp_path, TEACHER, [70.0, last], trial=str(trial))
+    write_run(tmp_path, STUDENT, [70.0, 72.1], trial="1")
+    write_run(tmp_path, "vgg8", [60.0, 71.0], teacher="vgg13", method="crd", weights=(1.0, 0.0, 0.8))
+    return tmp_path
+
+
+def test_cells_are_mean_and_sample_std_over_trials(save, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert summarize.main([str(save), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "last epoch" in text.splitlines()[0]
+    section = "Same-architecture pairs"
+    header = next(line for line in text[text.index(section):].splitlines() if line.startswith("| method"))
+    assert header == "| method | resnet32x4→resnet8x4 | vgg13→vgg8 |"
+    assert row_of(text, "KD", section) == [cell([73.1, 73.9, 74.4]), "—"]
+    assert row_of(text, "CRD+KD", section) == [cell([75.0, 75.6]), "—"]
+    assert row_of(text, "CRD", section) == ["—", cell([71.0])]
+    assert row_of(text, "teacher", section) == [cell([79.0, 79.8, 79.3]), "—"]
+    assert row_of(text, "student (vanilla)", section) == [cell([72.1]), "—"]
+    assert "72.10 (1)" in text and "72.10 ±" not in text  # one trial: no std
+    assert (out / "table_last.md").read_text() == text
+
+    with (out / "table_last.csv").open() as handle:
+        rows = {row["method"]: row for row in csv.DictReader(handle)}
+    kd = rows["KD"]
+    assert float(kd["resnet32x4→resnet8x4 mean"]) == pytest.approx(statistics.mean([73.1, 73.9, 74.4]), abs=1e-4)
+    assert float(kd["resnet32x4→resnet8x4 std"]) == pytest.approx(statistics.stdev([73.1, 73.9, 74.4]), abs=1e-4)
+    assert kd["resnet32x4→resnet8x4 n"] == "3" and kd["vgg13→vgg8 n"] == ""
+
+
+def test_rows_follow_the_papers_order(save, tmp_path, capsys):
+    summarize.main([str(save), "--out", str(tmp_path / "out")])
+    labels = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines()
+              if line.startswith("| ") and not line.startswith(("| method", "| ---"))]
+    assert labels == ["teacher", "student (vanilla)", "KD", "CRD", "CRD+KD"]
+
+
+def test_incomplete_and_missing_runs_are_listed_not_averaged(save, tmp_path, capsys):
+    unfinished = write_run(save, STUDENT, [60.0, 10.0], teacher=TEACHER, method=KD[0], weights=KD[1], trial="4",
+                           finished=False)
+    cut_off = write_run(save, STUDENT, [60.0], teacher=TEACHER, method=KD[0], weights=KD[1], trial="5",
+                        finished=None)
+    summarize.main([str(save), "--out", str(tmp_path / "out")])
+    text = capsys.readouterr().out
+    assert row_of(text, "KD")[0] == cell([73.1, 73.9, 74.4])  # still the 3 finished trials
+    listed = text[text.index("Incomplete runs"):]
+    assert f"{unfinished.name}`: 2/2 epoch(s) recorded, summary.json says not finished" in listed
+    assert f"{cut_off.name}`: 1 epoch(s) recorded, no summary.json" in listed
+
+
+def test_compare_puts_the_published_number_and_the_difference(save, tmp_path, capsys):
+    out = tmp_path / "out"
+    summarize.main([str(save), "--compare", "--out", str(out)])
+    text = capsys.readouterr().out
+    kd_mean = statistics.mean([73.1, 73.9, 74.4])
+    published_kd = 73.33  # METHODS.md §4, resnet32x4→resnet8x4, KD (RD)
+    assert row_of(text, "KD") == [f"{cell([73.1, 73.9, 74.4])} vs 73.33 ({kd_mean - published_kd:+.2f})",
+                                  "— vs 72.98", "RD"]
+    assert row_of(text, "CRD+KD")[0] == f"{cell([75.0, 75.6])} vs 75.46 ({statistics.mean([75.0, 75.6]) - 75.46:+.2f})"
+    assert row_of(text, "CRD+KD")[-1] == "DS@e6bd9f9"
+    assert "HobbitLong/RepDistiller" in text
+    with (out / "table_last.csv").open() as handle:
+        kd = next(row for row in csv.DictReader(handle) if row["method"] == "KD")
+    assert float(kd["resnet32x4→resnet8x4 published"]) == published_kd
+    assert float(kd["resnet32x4→resnet8x4 difference"]) == pytest.approx(kd_mean - published_kd, abs=1e-4)
+
+
+def test_metric_best_reports_the_selected_epoch(save, tmp_path, capsys):
+    out = tmp_path / "out"
+    summarize.main([str(save), "--metric", "best", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert "best epoch" in text.splitlines()[0] and "selected on test accuracy" in text.splitlines()[0]
+    # every KD trial peaked at epoch 2 (75.0) and every CRD+KD trial at 76.5, whatever their last epoch
+    assert row_of(text, "KD")[0] == cell([75.0, 75.0, 75.0])
+    assert row_of(text, "CRD+KD")[0] == cell([76.5, 76.5])
+    assert row_of(text, "teacher")[0] == cell([79.0, 79.8, 79.3])  # their last epoch was their best
+    assert (out / "table_best.md").is_file() and (out / "table_best.csv").is_file()
+
+
+def test_other_weights_get_their_own_row(save, tmp_path, capsys):
+    write_run(save, STUDENT, [60.0, 70.0], teacher=TEACHER, method="kd", weights=(1.0, 1.0, 0.0))
+    summarize.main([str(save), "--out", str(tmp_path / "out")])
+    text = capsys.readouterr().out
+    assert row_of(text, "KD")[0] == cell([73.1, 73.9, 74.4])
+    assert row_of(text, "KD (r:1.0 a:1.0 b:0.0)")[0] == cell([70.0])
+
+
+def test_students_folder_reads_the_teachers_beside_it(save, tmp_path, capsys):
+    summarize.main([str(save / "students"), "--out", str(tmp_path / "out")])
+    assert row_of(capsys.readouterr().out, "teacher")[0] == cell([79.0, 79.8, 79.3])
+
+
+def test_runs_mode_lists_teacher_plain_student_and_distilled(save, tmp_path, capsys):
+    summarize.main([str(save), "--runs", "--out", str(tmp_path / "out")])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert lines[0].startswith("| kind | dataset | model | teacher | method | weights")
+    body = [[part.strip() for part in line.strip("|").split("|")] for line in lines[1:]]
+    # runfolders.write_run records half an hour per epoch
+    assert body[0] == ["vanilla", "cifar100", TEACHER, "—", "—", "—", cell([79.0, 79.8, 79.3]), "1.00"]
+    assert body[1] == ["vanilla", "cifar100", STUDENT, "—", "—", "—", cell([72.1]), "1.00"]
+    assert ["distilled", "cifar100", STUDENT, TEACHER, "KD", "0.1/0.9/0.0", cell([73.1, 73.9, 74.4]), "1.50"] in body
+    assert (tmp_path / "out" / "runs_last.csv").is_file()
+
+
+def test_a_folder_without_runs_is_an_error(tmp_path, capsys):
+    assert summarize.main([str(tmp_path)]) == 2
+    assert "no run folders" in capsys.readouterr().err
+
+
+def test_val_split_selects_the_best_epoch_on_validation_never_on_test(tmp_path, cifar100_root, monkeypatch,
+                                                                      capsys):
+    """A real run with --val_split whose validation and test curves peak at different epochs.
+
+    The evaluations are scripted (the real ones still run): test accuracy peaks at epoch 2,
+    validation accuracy at epoch 3, so selecting on the test set would pick epoch 2.
+    """
+    from helper import driver
+
+    test_curve, val_curve = [10.0, 30.0, 20.0], [10.0, 20.0, 30.0]
+    evaluate = driver.Run._evaluate
+
+    def scripted(self, loader):
+        measured = evaluate(self, loader)
+        curve = val_curve if loader is self.data.val else test_curve
+        return {**measured, "acc1": curve[self.state.epoch]}  # state.epoch: epochs finished before this one
+
+    monkeypatch.setattr(driver.Run, "_evaluate", scripted)
+    status, _ = run_main("teacher", ["--model", "resnet8", "--data_root", str(cifar100_root), "--epochs", "3",
+                                     "--val_split", "0.5", "--save_dir", str(tmp_path), "--num_workers", "0",
+                                     "--batch_size", "32", "--trial", "1"])
+    assert status == 0
+    folder = tmp_path / "teachers" / "models" / "resnet8_vanilla_cifar100_trial_1"
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["test_acc"] for r in records] == test_curve and [r["val_acc"] for r in records] == val_curve
+    summary = json.loads((folder / "summary.json").read_text())
+    by_val = max(records, key=lambda r: r["val_acc"])["epoch"]
+    by_test = max(records, key=lambda r: r["test_acc"])["epoch"]
+    assert by_val != by_test
+    assert summary["selection"] == "val_acc" and summary["best_epoch"] == by_val
+    assert summary["best_acc"] == test_curve[by_val - 1] and summary["best_val_acc"] == max(val_curve)
+
+    capsys.readouterr()
+    summarize.main([str(tmp_path), "--runs", "--metric", "best", "--out", str(tmp_path / "out")])
+    text = capsys.readouterr().out
+    assert "selected on the held-out validation split" in text.splitlines()[0]
+    assert f"| {cell([test_curve[by_val - 1]])} |" in text.splitlines()[4]

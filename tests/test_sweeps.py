@@ -1,0 +1,162 @@
+"""scripts/run_cifar_vanilla.sh, run_cifar_distill.sh and sweep.py: the sweeps behind the tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import distiller_zoo
+from helper.options import parse_student_args, parse_teacher_args
+from tests.runfolders import REPO, script
+
+sweep = script("sweep")
+published = script("published")
+summarize = script("summarize")
+plot_curves = script("plot_curves")
+
+KD_ROWS = ("crd", "rrd", "dcd")  # the "+KD" rows of METHODS.md §4
+# FSP and KDSVD match maps channel by channel: of the standard pairs, only these have equal widths
+EQUAL_WIDTH_PAIRS = {("wrn_40_2", "wrn_16_2"), ("resnet56", "resnet20"), ("resnet110", "resnet20"),
+                     ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"), ("vgg13", "vgg8")}
+STANDARD_PAIRS = [pair for table in published.TABLES for pair in table.pairs]
+
+
+def sweep_script(name: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``scripts/<name>`` from ``cwd`` (not the repository) with ``env`` added."""
+    return subprocess.run(["bash", str(REPO / "scripts" / name)], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": sys.executable, **env}, timeout=600)
+
+
+def dry_run(kind: str, env: dict[str, str], capsys) -> list[list[str]]:
+    """The commands ``sweep.py kind`` prints with ``DRY_RUN=1`` (in-process), split into arguments."""
+    capsys.readouterr()
+    assert sweep.main([kind], {"PYTHON": "python", **env, "DRY_RUN": "1"}) == 0
+    return [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_distill_dry_run_is_every_method_on_every_pair_once_per_trial(tmp_path):
+    done = sweep_script("run_cifar_distill.sh", {"DRY_RUN": "1", "TRIALS": "2", "SAVE_DIR": str(tmp_path / "save")},
+                        cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    commands = [shlex.split(line) for line in done.stdout.splitlines()]
+    runs = Counter()
+    for argv in commands:
+        assert argv[:2] == [sys.executable, str(REPO / "train_student.py")]
+        opt = parse_student_args(argv[2:])
+        teacher = Path(opt.path_t).parent.name.removesuffix("_vanilla_cifar100_trial_1")
+        recommended = distiller_zoo.get(opt.distill).recommended
+        with_kd = opt.distill in KD_ROWS and opt.alpha == 1.0 and recommended.alpha == 0.0
+        assert (opt.gamma, opt.alpha, opt.beta) == (recommended.gamma, 1.0 if with_kd else recommended.alpha,
+                                                    recommended.beta)
+        assert opt.dataset == "cifar100" and opt.seed == int(opt.trial) and opt.resume == "auto"
+        assert opt.save_dir == str(tmp_path / "save")
+        runs[teacher, opt.model_s, opt.distill + ("+kd" if with_kd else ""), opt.trial] += 1
+    assert set(runs.values()) == {1}  # no run twice
+
+    methods = [*distiller_zoo.DISTILLERS, *(f"{method}+kd" for method in KD_ROWS)]
+    expected = {(teacher, student, method, trial) for teacher, student in STANDARD_PAIRS for method in methods
+                for trial in ("1", "2")
+                if method not in ("fsp", "kdsvd") or (teacher, student) in EQUAL_WIDTH_PAIRS}
+    assert set(runs) == expected
+    assert "skip FSP on wrn_40_2→wrn_40_1" in done.stderr
+    assert "teacher wrn_40_2 not found" in done.stderr
+
+
+def test_vanilla_dry_run_is_every_network_once_per_trial(tmp_path):
+    env = {"DRY_RUN": "1", "TRIALS": "2", "GPUS": "0", "EXTRA_ARGS": "--epochs 1 --nce_k 64"}
+    done = sweep_script("run_cifar_vanilla.sh", env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    runs = Counter()
+    for line in done.stdout.splitlines():
+        argv = shlex.split(line)
+        assert argv[:2] == [sys.executable, str(REPO / "train_teacher.py")]
+        opt = parse_teacher_args(argv[2:])
+        assert opt.epochs == 1 and opt.gpu_id == "0" and opt.save_dir == "./save" and opt.data_root == "./data"
+        runs[opt.model, opt.trial] += 1
+    networks = {name for pair in STANDARD_PAIRS for name in pair}
+    assert runs == Counter({(name, trial): 1 for name in networks for trial in ("1", "2")})
+    assert "--nce_k 64" in done.stderr  # student-only flags are named as dropped
+
+
+def test_filters_select_rows_and_a_non_standard_pair_runs_as_given(tmp_path, capsys):
+    released = tmp_path / "teachers" / "resnet8_vanilla" / "ckpt_epoch_240.pth"  # RepDistiller's layout
+    released.parent.mkdir(parents=True)
+    released.touch()
+    env = {"PAIRS": "resnet8:resnet8", "METHODS": "kd,fitnet,crd+kd", "TRIALS": "2",
+           "TEACHER_DIR": str(tmp_path / "teachers"), "SAVE_DIR": str(tmp_path / "save")}
+    commands = dry_run("distill", env, capsys)
+    options = [parse_student_args(argv[2:]) for argv in commands]
+    per_trial = [("kd", 0.9), ("hint", 0.0), ("crd", 1.0)]  # trials are the outer loop
+    assert [(opt.distill, opt.alpha, opt.trial) for opt in options] == [
+        (method, alpha, trial) for trial in ("1", "2") for method, alpha in per_trial]
+    assert {opt.path_t for opt in options} == {str(released)}
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"METHODS": "kd,nosuchmethod"}, "METHODS entry 'nosuchmethod'"),
+    ({"PAIRS": "resnet56-resnet20"}, "teacher:student"),
+    ({"PAIRS": "resnet56:nosuchnet"}, "unknown: nosuchnet"),
+    ({"TRIALS": "three"}, "TRIALS"),
+    ({"EXTRA_ARGS": "--no_such_flag 1"}, "--no_such_flag"),
+])
+def test_bad_settings_fail_before_anything_runs(env, message, capsys):
+    assert sweep.main(["distill"], {"DRY_RUN": "1", "PAIRS": "resnet8:resnet8", **env}) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_finished_runs_are_skipped(tmp_path, capsys):
+    save = tmp_path / "save"
+    env = {"PAIRS": "resnet8:resnet8", "METHODS": "kd,crd", "TRIALS": "2", "SAVE_DIR": str(save)}
+    commands = dry_run("distill", env, capsys)
+    assert len(commands) == 4
+    kd_1, crd_1 = (parse_student_args(argv[2:]) for argv in commands[:2])
+    for opt, finished in ((kd_1, True), (crd_1, False)):  # an interrupted run is run again (it resumes)
+        folder = save / "students" / "models" / f"S:resnet8_T:resnet8_cifar100_{opt.distill}_r:{opt.gamma}" \
+            f"_a:{opt.alpha}_b:{opt.beta}_{opt.trial}"
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text(json.dumps({"finished": finished}))
+    remaining = [parse_student_args(argv[2:]) for argv in dry_run("distill", env, capsys)]
+    assert [(opt.distill, opt.trial) for opt in remaining] == [("crd", "1"), ("kd", "2"), ("crd", "2")]
+
+    teacher_folder = save / "teachers" / "models" / "resnet8_vanilla_cifar100_trial_2"
+    teacher_folder.mkdir(parents=True)
+    (teacher_folder / "summary.json").write_text(json.dumps({"finished": True}))
+    teachers = [parse_teacher_args(argv[2:]) for argv in dry_run("vanilla", env, capsys)]
+    assert [opt.trial for opt in teachers] == ["1"]
+
+
+def test_a_tiny_sweep_runs_end_to_end(tmp_path, cifar100_root, capsys):
+    """vanilla sweep → distill sweep → table and curves, on the generated CIFAR-100 files."""
+    save = tmp_path / "save"
+    env = {"DATA_ROOT": str(cifar100_root), "SAVE_DIR": str(save), "PAIRS": "resnet8:resnet8", "METHODS": "kd,crd",
+           "TRIALS": "1", "EXTRA_ARGS": "--epochs 1 --num_workers 0 --batch_size 32 --nce_k 64 --print_freq 1000"}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in ("run_cifar_vanilla.sh", "run_cifar_distill.sh"):
+        done = sweep_script(name, env, cwd=elsewhere)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    for folder in ("teachers/models/resnet8_vanilla_cifar100_trial_1",
+                   "students/models/S:resnet8_T:resnet8_cifar100_kd_r:0.1_a:0.9_b:0.0_1",
+                   "students/models/S:resnet8_T:resnet8_cifar100_crd_r:1.0_a:0.0_b:0.8_1"):
+        assert json.loads((save / folder / "summary.json").read_text())["finished"] is True, folder
+
+    assert dry_run("distill", env, capsys) == []  # everything finished: a re-run has nothing to do
+    assert summarize.main([str(save), "--out", str(tmp_path / "tables")]) == 0
+    table = capsys.readouterr().out
+    header = next(line for line in table.splitlines() if line.startswith("| method"))
+    assert header == "| method | resnet8→resnet8 |"
+    labels = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")][2:]
+    assert labels == ["teacher", "student (vanilla)", "KD", "CRD"]
+    assert plot_curves.main([str(save), "--out", str(tmp_path / "curves")]) == 0
+    figure = tmp_path / "curves" / "cifar100_resnet8_to_resnet8.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    shutil.rmtree(save)  # the sweep wrote nothing outside SAVE_DIR
+    assert list(elsewhere.iterdir()) == []
