@@ -1,14 +1,44 @@
-"""Distillation methods, one file each, registered by their ``--distill`` name."""
+"""Distillation methods, one file each, registered by their ``--distill`` name.
+
+The criterion and helper-module classes keep the names of RepDistiller, SimKD, distillers and
+ITRD, so a script ported from those code bases changes only its import line.
+"""
 
 import importlib
 import pkgutil
 
-from distiller_zoo.base import Distiller, Outputs
+from distiller_zoo import kd
+from distiller_zoo.ab import ABLoss, Connector
+from distiller_zoo.at import Attention
+from distiller_zoo.base import Distiller, InitStage, Outputs, Weights
+from distiller_zoo.cc import Correlation
+from distiller_zoo.common import ConvReg, DistillKL, Embed, LinearEmbed
+from distiller_zoo.crd import CRDLoss
+from distiller_zoo.dcd import DCDLoss
+from distiller_zoo.dkd import DKDLoss
+from distiller_zoo.fitnet import HintLoss
+from distiller_zoo.fsp import FSP
+from distiller_zoo.ft import FactorTransfer, Paraphraser, Translator
+from distiller_zoo.itrd import ITLoss
+from distiller_zoo.kdsvd import KDSVD
+from distiller_zoo.nst import NSTLoss
+from distiller_zoo.pkt import PKT
 from distiller_zoo.registry import DISTILLERS, build, canonical_name, get
+from distiller_zoo.rkd import RKDLoss
+from distiller_zoo.rrd import RRDLoss
+from distiller_zoo.semckd import SelfA, SemCKDLoss
+from distiller_zoo.simkd import SimKD
+from distiller_zoo.sp import Similarity
+from distiller_zoo.srrl import SRRL
+from distiller_zoo.vid import VIDLoss
 
-_SHARED = {"base", "common", "flags", "memory", "registry"}
+# A method file dropped into this folder registers itself even before it is re-exported above.
 for _module in pkgutil.iter_modules(__path__):
-    if _module.name not in _SHARED:
-        importlib.import_module(f"{__name__}.{_module.name}")
+    importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["DISTILLERS", "Distiller", "Outputs", "build", "canonical_name", "get"]
+__all__ = [
+    "DISTILLERS", "FSP", "KDSVD", "PKT", "SRRL", "ABLoss", "Attention", "CRDLoss", "Connector", "ConvReg",
+    "Correlation", "DCDLoss", "DKDLoss", "DistillKL", "Distiller", "Embed", "FactorTransfer", "HintLoss",
+    "ITLoss", "InitStage", "LinearEmbed", "NSTLoss", "Outputs", "Paraphraser", "RKDLoss", "RRDLoss", "SelfA",
+    "SemCKDLoss", "SimKD", "Similarity", "Translator", "VIDLoss", "Weights", "build", "canonical_name", "get", "kd",
+]

@@ -21,6 +21,7 @@ from torch import nn
 
 from dataset.batch import Batch, DataNeeds
 from distiller_zoo.common import DistillKL
+from helper.errors import UsageError
 
 
 @dataclass
@@ -119,6 +120,10 @@ class Distiller(nn.Module):
             self.kd_loss = DistillKL(opt.kd_T)
             self.student_shapes = feature_shapes(student, opt.image_size, self.preact)
             self.teacher_shapes = feature_shapes(teacher, opt.image_size, self.preact)
+            problem = self.pairing_problem(self.student_shapes, self.teacher_shapes)
+            if problem is not None:
+                raise UsageError(f"--distill {self.name} cannot pair student {opt.model_s} with teacher "
+                                 f"{opt.model_t}: {problem}")
         self.main_weights = self._main_weights(opt)
         self.loss_weights = self.main_weights
 
@@ -129,6 +134,11 @@ class Distiller(nn.Module):
     def data_needs(cls, opt: argparse.Namespace) -> DataNeeds:
         """What the training loader must add to each batch (indices, contrastive negatives)."""
         return DataNeeds()
+
+    @classmethod
+    def pairing_problem(cls, student_shapes: list[torch.Size], teacher_shapes: list[torch.Size]) -> str | None:
+        """Why this method cannot pair these two networks' features, or None when it can."""
+        return None
 
     def method_weights(self, opt: argparse.Namespace) -> dict[str, float]:
         """Weights of the method's own terms; by default one term, named after the method, at β."""
@@ -178,6 +188,7 @@ class Distiller(nn.Module):
         else:
             raise ValueError(f"unknown stage {stage!r}")
         self.stage = stage
+        self.train(self.training)  # methods whose parts train in one stage only switch their modes
 
     def set_epoch(self, epoch: int) -> None:
         """Tell epoch-dependent methods (e.g. loss warm-up) which epoch is running (1-indexed)."""

@@ -124,3 +124,18 @@ def opt_with(opt: argparse.Namespace, **fields: object) -> argparse.Namespace:
     from a copy, so the caller's options are never changed.
     """
     return argparse.Namespace(**{**vars(opt), **fields})
+
+
+def channel_mismatch(s_shapes: Sequence[Sequence[int]], t_shapes: Sequence[Sequence[int]],
+                     first_index: int = 0) -> str | None:
+    """Where two lists of maps differ in count or channels (methods that match maps channel by channel)."""
+    s_channels = [int(shape[1]) for shape in s_shapes]
+    t_channels = [int(shape[1]) for shape in t_shapes]
+    if len(s_channels) != len(t_channels):
+        return (f"the student has {len(s_channels)} maps (channels {s_channels}) and the teacher "
+                f"{len(t_channels)} (channels {t_channels})")
+    differing = [f"feat[{first_index + i}] student {s} vs teacher {t}"
+                 for i, (s, t) in enumerate(zip(s_channels, t_channels)) if s != t]
+    if differing:
+        return f"channel counts differ at {', '.join(differing)}"
+    return None

@@ -33,8 +33,8 @@ from torch import nn
 
 from dataset.batch import Batch
 from distiller_zoo.base import Distiller, Outputs, Weights
+from distiller_zoo.common import channel_mismatch
 from distiller_zoo.registry import register
-from helper.errors import UsageError
 
 __all__ = ["KDSVD", "KDSVDDistiller"]
 
@@ -94,20 +94,17 @@ class KDSVDDistiller(Distiller):
 
     def __init__(self, student: nn.Module, teacher: nn.Module, opt: argparse.Namespace):
         super().__init__(student, teacher, opt)
-        s_channels = [shape[1] for shape in self.student_shapes[1:-1]]
-        t_channels = [shape[1] for shape in self.teacher_shapes[1:-1]]
-        mismatched = [f"feat[{i + 1}] {s} vs {t}"
-                      for i, (s, t) in enumerate(zip(s_channels, t_channels)) if s != t]
-        if mismatched:
-            raise UsageError(
-                f"kdsvd needs equal student/teacher channel counts at every intermediate map, but "
-                f"student {getattr(opt, 'model_s', '?')} has {s_channels} and teacher "
-                f"{getattr(opt, 'model_t', '?')} has {t_channels} (differ at {', '.join(mismatched)}); "
-                f"use a same-family pair of equal widths, e.g. resnet56→resnet20 or resnet32x4→resnet8x4"
-            )
-        if min(len(s_channels), len(t_channels)) < 2:
-            raise UsageError("kdsvd needs at least two intermediate feature maps in both networks")
         self.criterion = KDSVD(k=1)
+
+    @classmethod
+    def pairing_problem(cls, student_shapes: list[torch.Size], teacher_shapes: list[torch.Size]) -> str | None:
+        if min(len(student_shapes), len(teacher_shapes)) < 4:
+            return "KDSVD needs at least two intermediate feature maps in both networks"
+        problem = channel_mismatch(student_shapes[1:-1], teacher_shapes[1:-1], first_index=1)
+        if problem is None:
+            return None
+        return (f"KDSVD needs equal channel counts at every intermediate map, but {problem}; use a "
+                "same-family pair of equal widths, e.g. resnet56 -> resnet20 or resnet32x4 -> resnet8x4")
 
     def distill(self, student: Outputs, teacher: Outputs, batch: Batch) -> dict[str, torch.Tensor]:
         losses = self.criterion(student.features[1:-1], teacher.features[1:-1])

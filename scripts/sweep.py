@@ -65,11 +65,6 @@ ROWS = (
     Row("SRRL", "srrl"), Row("SemCKD", "semckd"), Row("SimKD", "simkd"),
 )
 
-# Methods that match student and teacher maps channel by channel, and which feature-list entries
-# they match (METHODS.md §5 item 5; the methods refuse other pairs at start-up with the same rule).
-EQUAL_CHANNEL_TAPS = {"fsp": slice(0, -1), "kdsvd": slice(1, -1)}
-
-
 def _repository_on_path() -> None:
     """Make the repository's packages importable when this file runs as a script."""
     if str(REPO) not in sys.path:
@@ -321,8 +316,8 @@ def teacher_candidates(arch: str, config: SweepConfig) -> list[Path]:
 
 
 @cache
-def feature_channels(arch: str) -> tuple[int, ...]:
-    """Channel counts of ``arch``'s feature list, probed on the meta device (no memory, no compute)."""
+def probed_shapes(arch: str) -> list:
+    """Shapes of ``arch``'s feature list, probed on the meta device (no memory, no compute)."""
     _repository_on_path()
     import torch
 
@@ -331,19 +326,12 @@ def feature_channels(arch: str) -> tuple[int, ...]:
 
     with torch.device("meta"):
         network = model_dict[arch](num_classes=100)
-    return tuple(int(shape[1]) for shape in feature_shapes(network, 32))
+    return feature_shapes(network, 32)
 
 
 def infeasible_reason(method: str, teacher: str, student: str) -> str | None:
-    """Why ``method`` cannot run on ``teacher``→``student``, or None if it can."""
-    taps = EQUAL_CHANNEL_TAPS.get(method)
-    if taps is None:
-        return None
-    student_channels, teacher_channels = feature_channels(student)[taps], feature_channels(teacher)[taps]
-    if student_channels == teacher_channels:
-        return None
-    return (f"needs equal channel counts at every matched map (student {list(student_channels)}, "
-            f"teacher {list(teacher_channels)})")
+    """Why ``method`` cannot run on ``teacher``→``student`` (the method's own check), or None if it can."""
+    return _registry().get(method).pairing_problem(probed_shapes(student), probed_shapes(teacher))
 
 
 def distill_plan(config: SweepConfig) -> Plan:

@@ -18,7 +18,7 @@ from distiller_zoo.fitnet import FitNet, HintLoss
 from helper.errors import UsageError
 from tests.distiller_checks import adaptive_avg_pool_reference, build_distiller, check_training_step
 
-CRITERIA = json.loads(Path("/work/shared/compat/criteria.json").read_text())
+CRITERIA = json.loads((Path(__file__).resolve().parents[2] / "shared" / "compat" / "criteria.json").read_text())
 
 
 def bn_relu_reference(y: np.ndarray) -> np.ndarray:

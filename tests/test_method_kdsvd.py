@@ -107,8 +107,8 @@ def test_unequal_channel_counts_are_a_usage_error():
         build_distiller("kdsvd", "resnet8", "resnet8x4")
     message = str(caught.value)
     assert "\n" not in message
-    for fragment in ("kdsvd", "resnet8", "resnet8x4", "[16, 32, 64]", "[64, 128, 256]", "feat[1] 16 vs 64",
-                     "equal widths"):
+    for fragment in ("kdsvd", "resnet8", "resnet8x4", "feat[1] student 16 vs teacher 64",
+                     "feat[3] student 64 vs teacher 256", "equal widths"):
         assert fragment in message
 
 

@@ -16,7 +16,7 @@ from distiller_zoo import Outputs
 from distiller_zoo.vid import VID, VIDLoss
 from tests.distiller_checks import adaptive_avg_pool_reference, build_distiller, check_training_step
 
-CRITERIA = json.loads(Path("/work/shared/compat/criteria.json").read_text())
+CRITERIA = json.loads((Path(__file__).resolve().parents[2] / "shared" / "compat" / "criteria.json").read_text())
 
 
 def head_reference(head: VIDLoss, f_s: np.ndarray, f_t: np.ndarray) -> float:
