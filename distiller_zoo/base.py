@@ -99,13 +99,15 @@ class Distiller(nn.Module):
     """Student + frozen teacher + a method's trainable parts.
 
     Class attributes a method sets: ``recommended`` (its weights), ``preact`` (whether both
-    networks are tapped before their last activations), ``arguments`` (the flags it reads).
+    networks are tapped before their last activations), ``uses_features`` (False for methods
+    that read only the logits), ``arguments`` (the flags it reads).
     ``name`` is filled in by :func:`distiller_zoo.registry.register`.
     """
 
     name: ClassVar[str] = "vanilla"
     recommended: ClassVar[Weights] = Weights()
     preact: ClassVar[bool] = False
+    uses_features: ClassVar[bool] = True  # False: the method reads logits only, no feature maps are kept
     arguments: ClassVar[tuple[Argument, ...]] = ()
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, opt: argparse.Namespace):
@@ -202,6 +204,8 @@ class Distiller(nn.Module):
         return self
 
     def run_student(self, images: torch.Tensor) -> Outputs:
+        if not self.uses_features:
+            return Outputs([], self.student(images))
         features, logits = self.student(images, is_feat=True, preact=self.preact)
         return Outputs(list(features), logits)
 
@@ -212,6 +216,8 @@ class Distiller(nn.Module):
         which inference tensors do not allow.
         """
         with torch.inference_mode():
+            if not self.uses_features:
+                return Outputs([], self.teacher(images).clone())
             features, logits = self.teacher(images, is_feat=True, preact=self.preact)
         return Outputs([f.clone() for f in features], logits.clone())
 

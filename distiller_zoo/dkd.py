@@ -79,6 +79,7 @@ class DKD(Distiller):
     """DKD on the logits; ``-r 1 -a 0 -b 1`` (α, β, warm-up by the ``--dkd_*`` flags)."""
 
     recommended = Weights(gamma=1.0, alpha=0.0, beta=1.0)
+    uses_features = False
     arguments = (DKD_ALPHA, DKD_BETA, DKD_WARMUP)
 
     def __init__(self, student: nn.Module, teacher: nn.Module, opt: argparse.Namespace):

@@ -16,3 +16,4 @@ class KD(Distiller):
     """Cross-entropy plus the KD term: ``-r 0.1 -a 0.9`` (RepDistiller's script)."""
 
     recommended = Weights(gamma=0.1, alpha=0.9, beta=0.0)
+    uses_features = False

@@ -68,13 +68,25 @@ class ContrastMemory(nn.Module):
         sigma = 1.0 / math.sqrt(feat_dim / 3)
         self.register_buffer("memory_v1", torch.rand(n_data, feat_dim).mul_(2 * sigma).sub_(sigma))
         self.register_buffer("memory_v2", torch.rand(n_data, feat_dim).mul_(2 * sigma).sub_(sigma))
+        self._z_fixed = False
 
     def scores(self, anchor: torch.Tensor, memory: torch.Tensor, contrast_idx: torch.Tensor) -> torch.Tensor:
-        """``exp(<memory[contrast_idx[b, k]], anchor[b]> / T)`` as ``[B, K+1]``; memory rows are constants."""
+        """``exp(<memory[contrast_idx[b, k]], anchor[b]> / T)`` as ``[B, K+1]``; memory rows are constants.
+
+        When the bank has fewer rows than the batch draws (CIFAR: N = 50,000 against
+        B·(K+1) ≈ 1M), scoring the anchors against the whole bank and picking the drawn columns
+        is far cheaper than gathering a ``[B, K+1, d]`` copy of the rows; otherwise (ImageNet)
+        the rows are gathered. Both compute the same dot products.
+        """
         batch_size, width = contrast_idx.shape
-        rows = memory.index_select(0, contrast_idx.reshape(-1)).view(batch_size, width, -1)
+        if memory.shape[0] <= batch_size * width:
+            # a snapshot: the product keeps the bank for backward, and the bank is updated in place below
+            dots = (anchor @ memory.clone().t()).gather(1, contrast_idx)
+        else:
+            rows = memory.index_select(0, contrast_idx.reshape(-1)).view(batch_size, width, -1)
+            dots = torch.bmm(rows, anchor.unsqueeze(2)).squeeze(2)
         # a copy of T: autograd keeps the divisor, and ``params`` may change in place below
-        return torch.bmm(rows, anchor.unsqueeze(2)).squeeze(2).div(self.params[1].clone()).exp()
+        return dots.div(self.params[1].clone()).exp()
 
     def forward(
         self, v1: torch.Tensor, v2: torch.Tensor, y: torch.Tensor, contrast_idx: torch.Tensor
@@ -89,13 +101,23 @@ class ContrastMemory(nn.Module):
         """
         out_v1 = self.scores(v1, self.memory_v2, contrast_idx)
         out_v2 = self.scores(v2, self.memory_v1, contrast_idx)
-        if self.params[2].item() < 0:  # one scalar read per step; true only on the first batch ever
+        if not self._normalisers_fixed():
             self._fix_normalisers(out_v1, out_v2)
         z_v1, z_v2 = self.params[2:4].clone()
         out_v1 = out_v1 / z_v1
         out_v2 = out_v2 / z_v2
         self.update(v1, v2, y)
         return out_v1, out_v2
+
+    def _normalisers_fixed(self) -> bool:
+        """Whether Z is set; read from the buffer until it is (one scalar read), then remembered."""
+        if not self._z_fixed:
+            self._z_fixed = bool(self.params[2] >= 0)
+        return self._z_fixed
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._z_fixed = False  # a loaded state may or may not have Z yet
+        super()._load_from_state_dict(*args, **kwargs)
 
     @torch.no_grad()
     def _fix_normalisers(self, out_v1: torch.Tensor, out_v2: torch.Tensor) -> None:

@@ -100,6 +100,23 @@ def _load_teacher(opt: argparse.Namespace) -> nn.Module:
     return teacher
 
 
+def prepare_distiller(distiller: Distiller, opt: argparse.Namespace, device: torch.device,
+                      sync_bn: bool = False) -> None:
+    """Put a Distiller on the run's device and memory layout, and compile its networks if asked.
+
+    Shared by the driver and ``scripts/benchmark.py``, so the benchmark times what a run runs.
+    """
+    if sync_bn:
+        distiller.student = nn.SyncBatchNorm.convert_sync_batchnorm(distiller.student)
+    distiller.to(device)
+    if opt.channels_last:
+        distiller.to(memory_format=torch.channels_last)
+    if opt.compile:
+        distiller.student.compile()
+        if distiller.teacher is not None:
+            distiller.teacher.compile()
+
+
 class _StopFlag:
     """Set by SIGTERM/SIGINT; a second signal exits at once.
 
@@ -170,20 +187,12 @@ class Run:
             self.distiller: Distiller = distiller_zoo.build(opt, student, teacher)
         else:
             self.distiller = Distiller(student, None, opt)
-        self.distiller.to(self.device)
-        if opt.channels_last:
-            self.distiller.to(memory_format=torch.channels_last)
-        if opt.sync_bn and self.process.distributed:
-            self.distiller.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.distiller.student)
+        prepare_distiller(self.distiller, opt, self.device, sync_bn=opt.sync_bn and self.process.distributed)
         self.model: nn.Module = self.distiller
         if self.process.distributed:
             self.model = DistributedDataParallel(
                 self.distiller, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 forward_sync_buffers=False, find_unused_parameters=True)  # buffers: rank 0's at start, then kept equal
-        if opt.compile:
-            self.distiller.student.compile()
-            if teacher is not None:
-                self.distiller.teacher.compile()
 
         self.config = StepConfig(self.device, AMP_DTYPES[opt.amp], opt.channels_last, opt.print_freq,
                                  self.process.is_main)
@@ -195,7 +204,6 @@ class Run:
         self.scaler = torch.amp.GradScaler("cuda") if opt.amp == "fp16" else None
         self.init_optimizer = None
         self.pending: EpochProgress | None = None
-        self.resumed_from: Path | None = None
         if self.init_spec is not None:
             self.init_optimizer = make_sgd(self.distiller.init_parameters(), opt, lr=self.init_spec.learning_rate)
             self.state.stage = "init"
@@ -263,7 +271,6 @@ class Run:
             partial = state["partial"]
             self.pending = EpochProgress(partial["iteration"], {k: tuple(v) for k, v in partial["meters"].items()})
         set_rng_state(state["rng"])
-        self.resumed_from = Path(path)
         where = f", {self.pending.iteration} iterations into the next" if self.pending else ""
         self.logger.info(f"resumed from {path}: stage {state['stage']}, epoch {state['epoch']} done{where}")
 
@@ -298,8 +305,7 @@ class Run:
             return {"run_name": self.name, "finished": True}
         self.stop.install()
         self.logger.info(f"run folder: {self.run_dir}")
-        if self.resumed_from is not None:
-            self.logger.rewrite(self.state.history)
+        self.logger.rewrite(self.state.history)  # a fresh run starts its metrics anew, a resumed one keeps its own
         teacher_acc = None
         if self.kind == "student" and not opt.skip_validation:
             teacher_acc = validate(self.distiller.teacher, self.data.test, self.config)["acc1"]

@@ -6,9 +6,11 @@ import math
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 
 from distiller_zoo.memory import ContrastMemory, FIFOQueue, concat_all_gather
 
@@ -151,3 +153,16 @@ def test_every_rank_applies_every_ranks_update():
     expected_z = torch.tensor([(means[0][0] + means[1][0]) / 2 * 10, (means[0][1] + means[1][1]) / 2 * 10])
     assert torch.equal(params_0, params_1)
     torch.testing.assert_close(params_0[2:4], expected_z)
+
+
+@pytest.mark.parametrize("n_data", [10, 100])  # bank smaller / larger than the B·(K+1) rows drawn
+def test_scores_take_the_same_values_on_both_paths(n_data):
+    torch.manual_seed(0)
+    memory = ContrastMemory(feat_dim=8, n_data=n_data, nce_k=4, nce_t=0.07)
+    anchor = F.normalize(torch.randn(3, 8), dim=1).requires_grad_()
+    contrast_idx = torch.randint(0, n_data, (3, 5))
+    scores = memory.scores(anchor, memory.memory_v2, contrast_idx)
+    expected = torch.stack([torch.exp(memory.memory_v2[contrast_idx[b]] @ anchor[b] / 0.07) for b in range(3)])
+    torch.testing.assert_close(scores, expected)
+    scores.sum().backward()
+    assert anchor.grad is not None and torch.isfinite(anchor.grad).all()
