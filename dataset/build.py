@@ -17,11 +17,13 @@ from typing import Protocol
 
 import numpy as np
 import torch
+from torchvision.datasets import ImageFolder
 
 from dataset.arrays import ImageArrays, InMemoryDataset
 from dataset.batch import Batch, DataNeeds
 from dataset.cifar import load_cifar10, load_cifar100
 from dataset.contrast import ContrastSampler
+from dataset.dali import DaliLoader
 from dataset.digits import load_digits_dataset
 from dataset.imagenet import imagenet_train_transform, imagenet_val_transform, load_imagenet_folders
 from dataset.reference_loader import (
@@ -143,7 +145,7 @@ def _build_imagenet(
     data_root: Path,
     val_split: float,
 ) -> DataBundle:
-    """ImageNet through the reference loader (``--loader`` does not apply)."""
+    """ImageNet through the reference loader, or through DALI with ``--dali cpu|gpu`` (``--loader`` does not apply)."""
     train_folder, val_folder = load_imagenet_folders(data_root)
     targets = np.asarray(train_folder.targets, dtype=np.int64)
     kept, held = np.arange(len(targets)), None
@@ -151,6 +153,7 @@ def _build_imagenet(
         kept, held = stratified_holdout(targets, val_split, opt.seed)
     _check_batches(opt.batch_size, len(kept), needs.drop_last, world_size)
     contrast = _contrast_sampler(needs, targets[kept], device)
+    dali_mode = getattr(opt, "dali", None)
     common = {
         "batch_size": opt.batch_size,
         "device": device,
@@ -159,18 +162,18 @@ def _build_imagenet(
         "rank": rank,
         "world_size": world_size,
     }
-    train = ReferenceLoader(
-        IndexedDataset(train_folder, imagenet_train_transform(), kept),
-        train=True,
-        drop_last=needs.drop_last,
-        contrast=contrast,
-        **common,
-    )
-    test = ReferenceLoader(IndexedDataset(val_folder, imagenet_val_transform()), train=False, **common)
-    val = None
-    if held is not None:
-        held_out = IndexedDataset(train_folder, imagenet_val_transform(), held)
-        val = ReferenceLoader(held_out, train=False, **common)
+
+    def loader(folder: ImageFolder, positions: np.ndarray | None, is_train: bool) -> EpochLoader:
+        role = {"train": is_train, "drop_last": needs.drop_last and is_train,
+                "contrast": contrast if is_train else None}
+        if dali_mode is not None:
+            return DaliLoader(folder.samples, positions, mode=dali_mode, **common, **role)
+        transform = imagenet_train_transform() if is_train else imagenet_val_transform()
+        return ReferenceLoader(IndexedDataset(folder, transform, positions), **common, **role)
+
+    train = loader(train_folder, kept, True)
+    test = loader(val_folder, None, False)
+    val = None if held is None else loader(train_folder, held, False)
     return DataBundle(
         train=train,
         test=test,
