@@ -176,7 +176,10 @@ class Distiller(nn.Module):
     def _main_weights(self, opt: argparse.Namespace) -> dict[str, float]:
         if self.teacher is None:
             return {"cls": 1.0}
-        return {"cls": opt.gamma, "kd": opt.alpha, **self.method_weights(opt)}
+        own = self.method_weights(opt)
+        if {"cls", "kd"} & set(own):
+            raise ValueError(f"{self.name}: the method's own terms may not be named 'cls' or 'kd'")
+        return {"cls": opt.gamma, "kd": opt.alpha, **own}
 
     def set_stage(self, stage: str, opt: argparse.Namespace) -> None:
         """Switch between the pre-training stage (``"init"``) and the main stage (``"main"``)."""

@@ -38,3 +38,17 @@ def test_method_flags_are_declared_once_and_consistently():
     assert len(destinations) == len(set(destinations))
     assert {"nce_k", "feat_dim", "nce_t_s", "nce_t_t", "lambda_corr", "factor", "soft", "hint_layer"} <= set(
         destinations)
+
+
+@pytest.mark.parametrize("method", sorted(distiller_zoo.DISTILLERS))
+def test_cls_and_kd_terms_keep_the_weights_given_on_the_command_line(method):
+    """-r weighs cross-entropy and -a the KD term, for every method; no method term may shadow them."""
+    from models import model_dict
+    from tests.conftest import make_opt
+
+    opt = make_opt(distill=method, gamma=0.2, alpha=0.3, beta=0.7, model_s="resnet8", model_t="resnet8",
+                   init_epochs=1)
+    distiller = distiller_zoo.build(opt, model_dict["resnet8"](num_classes=10), model_dict["resnet8"](num_classes=10))
+    assert distiller.loss_weights["cls"] == 0.2
+    assert distiller.loss_weights["kd"] == 0.3
+    assert set(distiller.loss_weights) - {"cls", "kd"} == set(distiller.method_weights(opt))
