@@ -36,6 +36,13 @@ def test_every_method_trains_one_epoch(method, tmp_path, cifar100_root, cifar100
     record = json.loads((folder / "metrics.jsonl").read_text().splitlines()[-1])
     for key in ("train_loss", "train_acc1", "test_acc", "test_loss"):
         assert math.isfinite(record[key]), key
+    # the logged loss is the flags' weighting of the logged terms: -r on cls, -a on kd, -b on the rest
+    terms = {key.removeprefix("train_"): value for key, value in record.items()
+             if key.startswith("train_") and key not in ("train_loss", "train_acc1", "train_acc5")}
+    own = {name: value for name, value in terms.items() if name not in ("cls", "kd")}
+    if method != "itrd":  # ITRD's two terms carry β·λ_corr and β·λ_mutual
+        expected = weights.gamma * terms["cls"] + weights.alpha * terms["kd"] + weights.beta * sum(own.values())
+        assert record["train_loss"] == pytest.approx(expected, rel=1e-4, abs=1e-6)
     assert (folder / "resnet8_best.pth").is_file() and (folder / "resnet8_last.pth").is_file()
 
 
