@@ -57,11 +57,9 @@ from dataset.contrast import ContrastSampler
 from dataset.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from dataset.seeding import Stream, derive_seed
 from dataset.sharding import (
-    batch_count,
+    ShardedPasses,
     evaluation_positions,
-    evaluation_share,
     training_positions,
-    training_share,
 )
 from helper.errors import UsageError
 
@@ -131,7 +129,7 @@ def _pipeline(
     return pipeline
 
 
-class DaliLoader:
+class DaliLoader(ShardedPasses):
     """An ``EpochLoader`` over image files decoded and augmented by DALI (see the module docstring).
 
     ``samples`` are ``(path, class)`` pairs, as ``ImageFolder.samples``; ``positions`` select
@@ -179,19 +177,9 @@ class DaliLoader:
         self.contrast = contrast
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Fix the next pass's order, crops, flips and negatives as a function of (seed, ``epoch``, rank)."""
-        self.epoch = int(epoch)
-
     @property
-    def num_samples(self) -> int:
-        """Samples this rank sees per pass (including wrap-around padding when sharded)."""
-        if self.train:
-            return training_share(len(self.files), self.world_size)
-        return evaluation_share(len(self.files), self.rank, self.world_size)
-
-    def __len__(self) -> int:
-        return batch_count(self.num_samples, self.batch_size, self.drop_last)
+    def split_size(self) -> int:
+        return len(self.files)
 
     def positions(self) -> torch.Tensor:
         """This rank's positions for the current pass, in the order the pipeline reads them."""

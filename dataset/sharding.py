@@ -53,3 +53,36 @@ def batch_count(num_samples: int, batch_size: int, drop_last: bool) -> int:
 def split_batches(positions: torch.Tensor, batch_size: int, drop_last: bool) -> list[torch.Tensor]:
     """Cut ``positions`` into consecutive batches, the last one partial unless ``drop_last``."""
     return list(positions.split(batch_size))[: batch_count(len(positions), batch_size, drop_last)]
+
+
+class ShardedPasses:
+    """What the in-process loaders share: each pass keyed by its epoch, and this rank's share of it.
+
+    A subclass sets ``batch_size``, ``train``, ``drop_last`` (honoured for training only),
+    ``rank``, ``world_size`` and ``epoch``, and says how many samples its split holds.
+    """
+
+    batch_size: int
+    train: bool
+    drop_last: bool
+    rank: int
+    world_size: int
+    epoch: int = 0
+
+    @property
+    def split_size(self) -> int:
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        """Fix the randomness of the next pass: order, crops, flips and negatives of ``epoch``."""
+        self.epoch = int(epoch)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank sees per pass (including wrap-around padding when sharded)."""
+        if self.train:
+            return training_share(self.split_size, self.world_size)
+        return evaluation_share(self.split_size, self.rank, self.world_size)
+
+    def __len__(self) -> int:
+        return batch_count(self.num_samples, self.batch_size, self.train and self.drop_last)

@@ -22,12 +22,10 @@ from dataset.batch import Batch
 from dataset.contrast import ContrastSampler
 from dataset.seeding import Stream, derive_seed
 from dataset.sharding import (
-    batch_count,
+    ShardedPasses,
     evaluation_positions,
-    evaluation_share,
     split_batches,
     training_positions,
-    training_share,
 )
 
 CROP_PADDING = 4
@@ -82,7 +80,7 @@ def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
     return images.float().div(255).sub(mean.view(-1, 1, 1)).div(std.view(-1, 1, 1))
 
 
-class TensorLoader:
+class TensorLoader(ShardedPasses):
     """Batches of one in-memory split, held as a single uint8 tensor on ``device``.
 
     ``train=True``: a fresh permutation each epoch, this rank's shard of it, random crop and
@@ -123,19 +121,9 @@ class TensorLoader:
         self.contrast = contrast
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Fix the randomness of the next pass: order, crops, flips and negatives of ``epoch``."""
-        self.epoch = int(epoch)
-
     @property
-    def num_samples(self) -> int:
-        """Samples this rank sees per epoch (including wrap-around padding when sharded)."""
-        if self.train:
-            return training_share(len(self.targets), self.world_size)
-        return evaluation_share(len(self.targets), self.rank, self.world_size)
-
-    def __len__(self) -> int:
-        return batch_count(self.num_samples, self.batch_size, self.train and self.drop_last)
+    def split_size(self) -> int:
+        return len(self.targets)
 
     def __iter__(self) -> Iterator[Batch]:
         if not self.train:

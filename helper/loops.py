@@ -61,6 +61,19 @@ class EpochProgress:
     meters: dict[str, tuple[float, int]] = field(default_factory=dict)
 
 
+def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                      scaler: torch.amp.GradScaler | None = None) -> None:
+    """Clear the gradients, backpropagate ``loss`` and step, through the fp16 gradient scaler if any."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
 def train_one_epoch(
     model: nn.Module,
     weights: dict[str, float],
@@ -110,14 +123,7 @@ def train_one_epoch(
             first_bad = torch.where((first_bad < 0) & ~finite.all(), iteration, first_bad)
 
         loss = weighted_loss(terms, weights)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        backward_and_step(loss, optimizer, scaler)
 
         n = len(batch)
         images_seen += n

@@ -83,7 +83,7 @@ from dataset.batch import Batch  # noqa: E402
 from dataset.build import EpochLoader  # noqa: E402
 from helper.driver import AMP_DTYPES, prepare_distiller, select_device  # noqa: E402
 from helper.errors import UsageError  # noqa: E402
-from helper.loops import StepConfig, train_one_epoch  # noqa: E402
+from helper.loops import StepConfig, backward_and_step, train_one_epoch  # noqa: E402
 from helper.optim import make_sgd  # noqa: E402
 from helper.options import parse_student_args, resolve_model  # noqa: E402
 from helper.seeding import seed_everything  # noqa: E402
@@ -369,14 +369,7 @@ def measure_floor(args: argparse.Namespace, extras: Sequence[str], job: Job, dat
                 with torch.inference_mode():
                     teacher(images)
                 loss = F.cross_entropy(student(images).float(), targets)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+            backward_and_step(loss, optimizer, scaler)
 
     return time_windows(run, device, args, opt.batch_size)
 
