@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import distiller_zoo
 from tests.conftest import run_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -224,3 +225,53 @@ def test_failed_write_during_a_run_exits_4_naming_the_file(tmp_path, small_cifar
     status, err = run_main("teacher", args, capsys)
     assert status == 4
     assert "resnet8_best.pth" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("method", sorted(distiller_zoo.DISTILLERS))
+def test_every_method_resumes_exactly_at_an_epoch_boundary(method, tmp_path, small_cifar, cifar100_teacher):
+    """Method state (banks, queues, projectors, the init stage) survives a stop between epochs."""
+    common = ["--path_t", str(cifar100_teacher), "--model_s", "resnet8", "--distill", method, "--data_root",
+              str(small_cifar), "--batch_size", "32", "--num_workers", "0", "--deterministic",
+              "--lr_decay_epochs", "1", "--nce_k", "32", "--init_epochs", "1"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run_main("student", [*common, "--epochs", "2", "--save_dir", str(straight)])[0] == 0
+    assert run_main("student", [*common, "--epochs", "1", "--save_dir", str(resumed)])[0] == 0
+    assert run_main("student", [*common, "--epochs", "2", "--save_dir", str(resumed), "--resume", "auto"])[0] == 0
+    _assert_identical(_last_checkpoint(straight), _last_checkpoint(resumed))
+
+
+def test_sigterm_in_the_init_stage_of_a_two_stage_method_resumes_exactly(tmp_path, small_cifar, cifar100_teacher):
+    extra = ["--path_t", str(cifar100_teacher), "--model_s", "resnet8", "--distill", "fsp", "--init_epochs", "2",
+             "--print_freq", "1"]
+    straight_save, stopped_save = tmp_path / "straight", tmp_path / "stopped"
+    assert _run(_command("student", small_cifar, straight_save, extra)).returncode == 0
+
+    command = _command("student", small_cifar, stopped_save, extra)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if line.startswith("init epoch 2 [1/"):
+            break
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 143 and "init epoch 2" in err
+    resumed = _run([*command, "--resume", "auto"])
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_identical(_last_checkpoint(straight_save), _last_checkpoint(stopped_save))
+
+
+def test_torchrun_run_resumes_exactly(tmp_path, small_cifar, cifar100_teacher):
+    """Two gloo processes: stopping between epochs and resuming gives the same weights and banks."""
+    def torchrun(save: Path, epochs: str, *extra: str) -> subprocess.CompletedProcess:
+        script = REPO / "train_student.py"
+        args = ["--path_t", str(cifar100_teacher), "--model_s", "resnet8", "--distill", "crd", "--nce_k", "32",
+                "--data_root", str(small_cifar), "--save_dir", str(save), "--epochs", epochs, "--batch_size", "16",
+                "--num_workers", "0", "--deterministic", "--lr_decay_epochs", "1", *extra]
+        return _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                     str(script), *args])
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert torchrun(straight, "2").returncode == 0
+    assert torchrun(resumed, "1").returncode == 0
+    result = torchrun(resumed, "2", "--resume", "auto")
+    assert result.returncode == 0, result.stderr
+    _assert_identical(_last_checkpoint(straight), _last_checkpoint(resumed))
