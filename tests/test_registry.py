@@ -52,3 +52,28 @@ def test_cls_and_kd_terms_keep_the_weights_given_on_the_command_line(method):
     assert distiller.loss_weights["cls"] == 0.2
     assert distiller.loss_weights["kd"] == 0.3
     assert set(distiller.loss_weights) - {"cls", "kd"} == set(distiller.method_weights(opt))
+
+
+@pytest.mark.parametrize("method", sorted(distiller_zoo.DISTILLERS))
+def test_channels_last_changes_no_loss_term(method):
+    """The speed flags that keep fp32 do not change what a method computes (here: channels-last)."""
+    import copy
+
+    import torch
+
+    from dataset.batch import Batch
+    from models import model_dict
+    from tests.conftest import make_opt
+
+    torch.manual_seed(0)
+    opt = make_opt(distill=method, model_s="resnet8", model_t="resnet8", nce_k=16, n_data=64, init_epochs=1)
+    distiller = distiller_zoo.build(opt, model_dict["resnet8"](num_classes=10), model_dict["resnet8"](num_classes=10))
+    batch = Batch(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)), torch.randperm(64)[:8],
+                  torch.randint(0, 64, (8, 17)))
+    twin = copy.deepcopy(distiller).to(memory_format=torch.channels_last)
+    _, terms = distiller.train()(batch)
+    _, twin_terms = twin.train()(Batch(batch.images.contiguous(memory_format=torch.channels_last), batch.targets,
+                                       batch.indices, batch.contrast_indices))
+    assert terms.keys() == twin_terms.keys()
+    for name in terms:
+        torch.testing.assert_close(twin_terms[name], terms[name], rtol=1e-4, atol=1e-5, equal_nan=True, msg=name)
