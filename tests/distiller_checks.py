@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from argparse import Namespace
+
 import numpy as np
 import torch
 from torch import nn
@@ -17,12 +19,23 @@ from distiller_zoo import Distiller, build
 from tests.conftest import make_opt
 
 
-def build_distiller(distill: str, model_s: str, model_t: str, **overrides) -> Distiller:
-    """``distill`` around fresh ``model_s`` / ``model_t`` networks, with β = 1 and α = 0."""
-    opt = make_opt(distill=distill, model_s=model_s, model_t=model_t, beta=1.0, alpha=0.0, **overrides)
+def build_with_options(distill: str, model_s: str, model_t: str, **overrides) -> tuple[Distiller, Namespace]:
+    """``distill`` around fresh ``model_s`` / ``model_t`` networks (β = 1, α = 0 unless overridden), and its options."""
+    opt = make_opt(**{"distill": distill, "model_s": model_s, "model_t": model_t, "beta": 1.0, "alpha": 0.0,
+                      **overrides})
     student = models.model_dict[model_s](num_classes=10)
     teacher = models.model_dict[model_t](num_classes=10)
-    return build(opt, student, teacher)
+    return build(opt, student, teacher), opt
+
+
+def build_distiller(distill: str, model_s: str, model_t: str, **overrides) -> Distiller:
+    """``distill`` around fresh ``model_s`` / ``model_t`` networks, with β = 1 and α = 0."""
+    return build_with_options(distill, model_s, model_t, **overrides)[0]
+
+
+def parameter_ids(parameters) -> set[int]:
+    """Identities of parameters, to compare parameter sets."""
+    return {id(p) for p in parameters}
 
 
 def random_batch(batch_size: int = 4, image_size: int = 32) -> Batch:

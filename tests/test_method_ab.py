@@ -11,11 +11,9 @@ import pytest
 import torch
 
 import distiller_zoo
-import models
 from distiller_zoo.ab import AB, ABLoss, Connector
 from helper.errors import UsageError
-from tests.conftest import make_opt
-from tests.distiller_checks import random_batch
+from tests.distiller_checks import build_with_options, parameter_ids, random_batch
 
 CRITERIA = Path(__file__).resolve().parents[2] / "shared" / "compat" / "criteria.json"
 
@@ -78,15 +76,10 @@ def test_connector_is_identity_where_shapes_agree_and_has_no_relu() -> None:
 
 def build(model_s: str = "resnet8", model_t: str = "resnet8x4") -> tuple[AB, object]:
     torch.manual_seed(0)
-    opt = make_opt(distill="ab", model_s=model_s, model_t=model_t, gamma=1.0, alpha=0.0, beta=1.0,
-                   learning_rate=0.05, init_epochs=3)
-    student = models.model_dict[model_s](num_classes=10)
-    teacher = models.model_dict[model_t](num_classes=10)
-    return distiller_zoo.build(opt, student, teacher), opt
+    return build_with_options("ab", model_s, model_t, gamma=1.0, beta=1.0, learning_rate=0.05, init_epochs=3)
 
 
-def ids(parameters) -> set[int]:
-    return {id(p) for p in parameters}
+ids = parameter_ids
 
 
 def test_registered_names_and_recommendation() -> None:

@@ -8,11 +8,9 @@ import pytest
 import torch
 
 import distiller_zoo
-import models
 from distiller_zoo.fsp import FSP, FSPDistiller
 from helper.errors import UsageError
-from tests.conftest import make_opt
-from tests.distiller_checks import adaptive_avg_pool_reference, random_batch
+from tests.distiller_checks import adaptive_avg_pool_reference, build_with_options, parameter_ids, random_batch
 
 
 def hand_fsp_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -62,15 +60,10 @@ def test_criterion_rejects_unequal_map_counts() -> None:
 
 def build(model_s: str = "resnet8", model_t: str = "resnet20") -> tuple[FSPDistiller, object]:
     torch.manual_seed(0)
-    opt = make_opt(distill="fsp", model_s=model_s, model_t=model_t, gamma=1.0, alpha=0.0, beta=50.0,
-                   learning_rate=0.05, init_epochs=4)
-    student = models.model_dict[model_s](num_classes=10)
-    teacher = models.model_dict[model_t](num_classes=10)
-    return distiller_zoo.build(opt, student, teacher), opt
+    return build_with_options("fsp", model_s, model_t, gamma=1.0, beta=50.0, learning_rate=0.05, init_epochs=4)
 
 
-def ids(parameters) -> set[int]:
-    return {id(p) for p in parameters}
+ids = parameter_ids
 
 
 def test_registered_name_and_recommendation() -> None:

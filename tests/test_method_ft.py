@@ -12,10 +12,8 @@ import torch
 import torch.nn.functional as F
 
 import distiller_zoo
-import models
 from distiller_zoo.ft import FT, FactorTransfer, Paraphraser, Translator
-from tests.conftest import make_opt
-from tests.distiller_checks import adaptive_avg_pool_reference, random_batch
+from tests.distiller_checks import adaptive_avg_pool_reference, build_with_options, parameter_ids, random_batch
 
 CRITERIA = Path(__file__).resolve().parents[2] / "shared" / "compat" / "criteria.json"
 
@@ -82,15 +80,10 @@ def test_paraphraser_is_a_leaky_relu_conv_autoencoder() -> None:
 
 def build(model_s: str = "resnet8", model_t: str = "resnet8x4", learning_rate: float = 0.05) -> tuple[FT, object]:
     torch.manual_seed(0)
-    opt = make_opt(distill="ft", model_s=model_s, model_t=model_t, gamma=1.0, alpha=0.0, beta=200.0,
-                   learning_rate=learning_rate, init_epochs=2)
-    student = models.model_dict[model_s](num_classes=10)
-    teacher = models.model_dict[model_t](num_classes=10)
-    return distiller_zoo.build(opt, student, teacher), opt
+    return build_with_options("ft", model_s, model_t, gamma=1.0, beta=200.0, learning_rate=learning_rate, init_epochs=2)
 
 
-def ids(parameters) -> set[int]:
-    return {id(p) for p in parameters}
+ids = parameter_ids
 
 
 def test_registered_names_and_recommendation() -> None:
