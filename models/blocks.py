@@ -7,7 +7,10 @@ state-dict names stay those of the upstream checkpoints.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -89,6 +92,23 @@ def run_stage(stage: nn.Sequential, x: Tensor) -> tuple[Tensor, Tensor]:
     for block in body:
         x = block(x)
     return last.forward_with_preact(x)
+
+
+def staged_features(stem: Tensor, stages: Sequence[nn.Sequential], preact: bool,
+                    head: Callable[[Tensor], Tensor] | None = None) -> list[Tensor]:
+    """``[stem, each stage's output, pooled embedding]`` of a network whose stages end in PreactBlocks.
+
+    With ``preact`` the stage outputs are replaced by their last block's value before the final
+    activation. ``head`` maps the last stage output to the map that is pooled (e.g. ShuffleNetV2's
+    1×1 conv head); by default the last stage output itself is pooled.
+    """
+    outputs, preacts, x = [], [], stem
+    for stage in stages:
+        x, x_pre = run_stage(stage, x)
+        outputs.append(x)
+        preacts.append(x_pre)
+    embedding = F.adaptive_avg_pool2d(x if head is None else head(x), 1).flatten(1)
+    return [stem, *(preacts if preact else outputs), embedding]
 
 
 @torch.no_grad()

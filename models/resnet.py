@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.blocks import PreactBlock, conv, init_conv_bn_, projection_shortcut, run_stage
+from models.blocks import PreactBlock, conv, init_conv_bn_, projection_shortcut, staged_features
 from models.feature_net import FeatureNet
 from models.registry import register_model
 
@@ -79,13 +79,7 @@ class ResNet(FeatureNet):
 
     def extract_features(self, x: Tensor, preact: bool = False) -> list[Tensor]:
         f0 = self.relu(self.bn1(self.conv1(x)))
-        f1, f1_pre = run_stage(self.layer1, f0)
-        f2, f2_pre = run_stage(self.layer2, f1)
-        f3, f3_pre = run_stage(self.layer3, f2)
-        embedding = F.adaptive_avg_pool2d(f3, 1).flatten(1)
-        if preact:
-            return [f0, f1_pre, f2_pre, f3_pre, embedding]
-        return [f0, f1, f2, f3, embedding]
+        return staged_features(f0, (self.layer1, self.layer2, self.layer3), preact)
 
     def get_classifier(self) -> nn.Linear:
         return self.fc

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.blocks import PreactBlock, conv, init_conv_bn_, projection_shortcut, run_stage
+from models.blocks import PreactBlock, conv, init_conv_bn_, projection_shortcut, staged_features
 from models.feature_net import FeatureNet
 from models.registry import register_model
 
@@ -75,14 +75,7 @@ class BottleneckResNet(FeatureNet):
 
     def extract_features(self, x: Tensor, preact: bool = False) -> list[Tensor]:
         f0 = F.relu(self.bn1(self.conv1(x)))
-        features, preacts = [f0], [f0]
-        out = f0
-        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            out, out_pre = run_stage(stage, out)
-            features.append(out)
-            preacts.append(out_pre)
-        embedding = F.adaptive_avg_pool2d(out, 1).flatten(1)
-        return [*(preacts if preact else features), embedding]
+        return staged_features(f0, (self.layer1, self.layer2, self.layer3, self.layer4), preact)
 
     def get_classifier(self) -> nn.Linear:
         return self.linear

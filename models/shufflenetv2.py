@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.blocks import PreactBlock, channel_shuffle, conv, run_stage
+from models.blocks import PreactBlock, channel_shuffle, conv, staged_features
 from models.feature_net import FeatureNet
 from models.registry import register_model
 
@@ -110,14 +110,11 @@ class ShuffleNetV2(FeatureNet):
 
     def extract_features(self, x: Tensor, preact: bool = False) -> list[Tensor]:
         f0 = F.relu(self.bn1(self.conv1(x)))
-        f1, f1_pre = run_stage(self.layer1, f0)
-        f2, f2_pre = run_stage(self.layer2, f1)
-        f3, f3_pre = run_stage(self.layer3, f2)
-        head = F.relu(self.bn2(self.conv2(f3)))
-        embedding = F.adaptive_avg_pool2d(head, 1).flatten(1)
-        if preact:
-            return [f0, f1_pre, f2_pre, f3_pre, embedding]
-        return [f0, f1, f2, f3, embedding]
+        return staged_features(f0, (self.layer1, self.layer2, self.layer3), preact, self.head)
+
+    def head(self, x: Tensor) -> Tensor:
+        """The 1×1 conv head between the last stage and the pooled embedding."""
+        return F.relu(self.bn2(self.conv2(x)))
 
     def get_classifier(self) -> nn.Linear:
         return self.linear
