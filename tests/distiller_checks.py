@@ -38,6 +38,16 @@ def parameter_ids(parameters) -> set[int]:
     return {id(p) for p in parameters}
 
 
+def assert_gradients_reach_exactly(distiller: Distiller, parameters) -> None:
+    """After a backward pass: every one of ``parameters`` has a finite gradient, no other parameter has one."""
+    wanted = parameter_ids(parameters)
+    for name, parameter in distiller.named_parameters():
+        if id(parameter) in wanted:
+            assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+        else:
+            assert parameter.grad is None, name
+
+
 def random_batch(batch_size: int = 4, image_size: int = 32) -> Batch:
     return Batch(torch.randn(batch_size, 3, image_size, image_size), torch.randint(0, 10, (batch_size,)))
 

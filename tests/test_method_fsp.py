@@ -10,7 +10,13 @@ import torch
 import distiller_zoo
 from distiller_zoo.fsp import FSP, FSPDistiller
 from helper.errors import UsageError
-from tests.distiller_checks import adaptive_avg_pool_reference, build_with_options, parameter_ids, random_batch
+from tests.distiller_checks import (
+    adaptive_avg_pool_reference,
+    assert_gradients_reach_exactly,
+    build_with_options,
+    parameter_ids,
+    random_batch,
+)
 
 
 def hand_fsp_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -102,12 +108,7 @@ def test_init_stage_term_and_gradients() -> None:
     _, terms = distiller(batch)
     assert set(terms) == {"fsp"} and torch.isfinite(terms["fsp"]) and terms["fsp"] > 0
     terms["fsp"].backward()
-    init = ids(distiller.init_parameters())
-    for name, parameter in distiller.named_parameters():
-        if id(parameter) in init:
-            assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
-        else:
-            assert parameter.grad is None, name
+    assert_gradients_reach_exactly(distiller, distiller.init_parameters())
 
 
 def test_init_term_is_the_sum_over_consecutive_pairs_of_all_maps() -> None:

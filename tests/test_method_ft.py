@@ -13,7 +13,13 @@ import torch.nn.functional as F
 
 import distiller_zoo
 from distiller_zoo.ft import FT, FactorTransfer, Paraphraser, Translator
-from tests.distiller_checks import adaptive_avg_pool_reference, build_with_options, parameter_ids, random_batch
+from tests.distiller_checks import (
+    adaptive_avg_pool_reference,
+    assert_gradients_reach_exactly,
+    build_with_options,
+    parameter_ids,
+    random_batch,
+)
 
 CRITERIA = Path(__file__).resolve().parents[2] / "shared" / "compat" / "criteria.json"
 
@@ -124,12 +130,7 @@ def test_init_stage_reconstructs_the_teacher_map_and_trains_only_the_paraphraser
     expected = float(((reconstruction.double() - f_t.double()) ** 2).mean())
     torch.testing.assert_close(terms["reconstruction"].detach(), torch.tensor(expected, dtype=torch.float32))
     terms["reconstruction"].backward()
-    init = ids(distiller.init_parameters())
-    for name, parameter in distiller.named_parameters():
-        if id(parameter) in init:
-            assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
-        else:
-            assert parameter.grad is None, name
+    assert_gradients_reach_exactly(distiller, distiller.init_parameters())
 
 
 def test_main_stage_trains_translator_and_student_not_paraphraser() -> None:
