@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from dataset.arrays import ImageArrays, InMemoryDataset
-from helper.errors import UsageError
+from errors import UsageError
 
 CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
 CIFAR100_STD = (0.2675, 0.2565, 0.2761)
@@ -71,16 +71,33 @@ def _read_split(paths: list[Path], label_key: bytes, num_classes: int, layout: s
         data, targets = entry.get(b"data"), entry.get(label_key)
         if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.shape[1:] != (3072,):
             raise UsageError(f"{path} has no uint8 b'data' array of shape [N, 3072]; expected {layout}")
-        targets = np.asarray(targets if targets is not None else [], dtype=np.int64)
-        in_range = targets.min(initial=0) >= 0 and targets.max(initial=0) < num_classes
-        if targets.shape != (len(data),) or not in_range:
-            raise UsageError(
-                f"{path} has no {label_key!r} list of {len(data)} labels in [0, {num_classes}); "
-                f"expected {layout}"
-            )
         images.append(data.reshape(-1, 3, 32, 32))
-        labels.append(targets)
+        labels.append(_check_labels(targets, path, label_key, len(data), num_classes, layout))
     return ImageArrays(np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels))
+
+
+def _check_labels(raw: Any, path: Path, label_key: bytes, count: int, num_classes: int, layout: str) -> np.ndarray:
+    """``raw`` as int64 labels if it is a list of ``count`` integers in ``[0, num_classes)``, else a UsageError.
+
+    Floats are refused rather than truncated (1.7 is no class), as are booleans.
+    """
+    expected = f"{path} must hold a {label_key!r} list of {count} integer labels in [0, {num_classes})"
+    if raw is None:
+        raise UsageError(f"{expected}, but it has no labels; expected {layout}")
+    try:
+        values = np.asarray(raw)
+    except (ValueError, TypeError) as error:
+        raise UsageError(f"{expected}, but its labels do not form a list ({error}); expected {layout}") from None
+    if values.shape != (count,):
+        raise UsageError(f"{expected}, not labels of shape {list(values.shape)}; expected {layout}")
+    if values.size and values.dtype.kind not in "iu":
+        first = values.tolist()[0]
+        raise UsageError(f"{expected}, not labels of type {type(first).__name__} (the first: {first!r}); "
+                         f"expected {layout}")
+    low, high = int(values.min(initial=0)), int(values.max(initial=0))
+    if low < 0 or high >= num_classes:
+        raise UsageError(f"{expected}, not labels from {low} to {high}; expected {layout}")
+    return values.astype(np.int64)
 
 
 def _read_pickle(path: Path, layout: str) -> dict[Any, Any]:

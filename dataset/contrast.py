@@ -33,7 +33,7 @@ import warnings
 
 import torch
 
-from helper.errors import UsageError
+from errors import UsageError
 
 CONTRAST_MODES = ("exact", "relax")
 

@@ -38,6 +38,10 @@ What differs from upstream, and why:
   included), against minutes per epoch; and nothing has to be ``reset()`` between passes, as
   upstream's two iterators must be after every epoch and after the teacher's evaluation.
 * **Single process** works: rank 0 of a world of 1 (upstream needs ``--multiprocessing-distributed``).
+* **Unreadable files.** The file list is the one ``dataset/imagenet.py`` scanned (without the
+  files ``--bad_images skip`` left out). A file that passes that scan but still fails in DALI's
+  decoder is a usage error naming the file (found by decoding the failing batch's files with
+  PIL), instead of DALI's multi-line pipeline error.
 
 DALI is imported lazily: without it everything else works, and ``--dali`` fails with one line
 that says how to install it.
@@ -54,14 +58,14 @@ import torch
 
 from dataset.batch import Batch
 from dataset.contrast import ContrastSampler
-from dataset.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from dataset.imagenet import IMAGENET_MEAN, IMAGENET_STD, UnreadableImage, load_rgb
 from dataset.seeding import Stream, derive_seed
 from dataset.sharding import (
     ShardedPasses,
     evaluation_positions,
     training_positions,
 )
-from helper.errors import UsageError
+from errors import UsageError
 
 DALI_MODES = ("cpu", "gpu")
 CROP_SIZE = 224
@@ -73,6 +77,7 @@ RANDOM_CROP_ATTEMPTS = 100
 DEVICE_MEMORY_PADDING = 211025920
 HOST_MEMORY_PADDING = 140544512
 READER_NAME = "Reader"
+DECODER_FAILURE = "fn.decoders."  # in the message of a pipeline error raised by a decoder operator
 INSTALL_HINT = (
     "pip install nvidia-dali-cuda130 (Linux x86_64; pinned in requirements.txt), "
     "or drop --dali to use the torchvision loader"
@@ -192,21 +197,43 @@ class DaliLoader(ShardedPasses):
         positions = self.positions().tolist()
         if len(self) == 0:
             return
-        pipeline = _pipeline(
-            self.dali, [self.files[p] for p in positions], positions, train=self.train, gpu=self.gpu,
-            batch_size=self.batch_size, num_threads=self.num_threads, device_id=self.device_id,
-            seed=derive_seed(self.seed, self.epoch, self.rank, Stream.AUGMENT) % 2**31,
-        )
-        policy = self.dali_torch.LastBatchPolicy
-        iterator = self.dali_torch.DALIGenericIterator(
-            [pipeline], ["images", "indices"], reader_name=READER_NAME, auto_reset=False,
-            last_batch_policy=policy.DROP if self.drop_last else policy.PARTIAL,
-        )
+        files = [self.files[p] for p in positions]
         generator = None
         if self.contrast is not None:
             generator = torch.Generator(device=self.contrast.device)
             generator.manual_seed(derive_seed(self.seed, self.epoch, self.rank, Stream.CONTRAST))
-        for (outputs,) in iterator:
-            indices = outputs["indices"].reshape(-1).long().cpu()
-            contrast_indices = None if generator is None else self.contrast.sample(indices, generator)
-            yield Batch(outputs["images"], self.targets[indices], indices, contrast_indices)
+        done = 0  # batches yielded: DALI raises a decoder failure at the batch that holds the file
+        try:
+            for (outputs,) in self._outputs(files, positions):
+                indices = outputs["indices"].reshape(-1).long().cpu()
+                contrast_indices = None if generator is None else self.contrast.sample(indices, generator)
+                yield Batch(outputs["images"], self.targets[indices], indices, contrast_indices)
+                done += 1
+        except RuntimeError as error:
+            if DECODER_FAILURE not in str(error):
+                raise
+            raise UsageError(_undecodable(files[done * self.batch_size : (done + 1) * self.batch_size])) from None
+
+    def _outputs(self, files: list[str], positions: list[int]) -> Any:
+        """This pass's DALI iterator (building it already decodes the first batch)."""
+        pipeline = _pipeline(
+            self.dali, files, positions, train=self.train, gpu=self.gpu,
+            batch_size=self.batch_size, num_threads=self.num_threads, device_id=self.device_id,
+            seed=derive_seed(self.seed, self.epoch, self.rank, Stream.AUGMENT) % 2**31,
+        )
+        policy = self.dali_torch.LastBatchPolicy
+        return self.dali_torch.DALIGenericIterator(
+            [pipeline], ["images", "indices"], reader_name=READER_NAME, auto_reset=False,
+            last_batch_policy=policy.DROP if self.drop_last else policy.PARTIAL,
+        )
+
+
+def _undecodable(files: list[str]) -> str:
+    """One line for a batch of ``files`` that DALI could not decode, naming the file PIL cannot decode either."""
+    for path in files:
+        try:
+            load_rgb(path)
+        except UnreadableImage as error:
+            return f"DALI could not decode a batch: {error}"
+    return (f"DALI could not decode one of the {len(files)} files of a batch starting at {files[0]}, though PIL "
+            "decodes them; replace that file, or drop --dali to use the torchvision loader")

@@ -25,9 +25,17 @@ DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
 
 
+def load_digits_dataset(data_root: object = None) -> InMemoryDataset:
+    """The digits as 32x32x3 uint8 images: 1437 for training, 360 for testing, 10 classes.
+
+    ``data_root`` is accepted like the other readers' and ignored: the digits ship inside
+    scikit-learn.
+    """
+    return _digits()
+
+
 @lru_cache(maxsize=1)
-def load_digits_dataset() -> InMemoryDataset:
-    """The digits as 32x32x3 uint8 images: 1437 for training, 360 for testing, 10 classes."""
+def _digits() -> InMemoryDataset:
     digits = load_digits()
     images = _to_cifar_shape(digits.images)
     targets = digits.target.astype(np.int64)

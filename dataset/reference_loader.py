@@ -9,6 +9,12 @@ Reproducibility with persistent workers: a worker lives across epochs, so seedin
 batch sampler hands every sample a seed drawn from (seed, epoch, rank), and the data set
 seeds torch's random state with it around the transform. Augmentation therefore depends only
 on (seed, epoch, rank, position in the epoch), not on the number of workers or on history.
+
+The strong view (MLKD's second view, ``strong_transform``): the ordinary pipeline with
+torchvision's AutoAugment inserted before ToTensor (the CIFAR-10 policy for in-memory sets,
+the ImageNet policy for ImageNet folders), drawn after the ordinary view from the sample's
+seeded stream, so that the ordinary view is the same with or without it. The fast loader
+applies the same policy to whole batches (``dataset.tensor_loader.BatchAutoAugment``).
 """
 
 from __future__ import annotations
@@ -51,6 +57,21 @@ def cifar_train_transform(
     return transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(mean, std)])
 
 
+def with_auto_augment(pipeline: transforms.Compose, policy: str) -> transforms.Compose:
+    """``pipeline`` with torchvision's AutoAugment (``policy``: CIFAR10, IMAGENET) inserted before ToTensor."""
+    steps = list(pipeline.transforms)
+    at = next(i for i, step in enumerate(steps) if isinstance(step, transforms.ToTensor))
+    steps.insert(at, transforms.AutoAugment(transforms.AutoAugmentPolicy[policy]))
+    return transforms.Compose(steps)
+
+
+def cifar_strong_transform(
+    mean: tuple[float, ...], std: tuple[float, ...], flip: bool = True
+) -> transforms.Compose:
+    """The strong view: :func:`cifar_train_transform` with AutoAugment's CIFAR-10 policy after the flip."""
+    return with_auto_augment(cifar_train_transform(mean, std, flip), "CIFAR10")
+
+
 def cifar_test_transform(mean: tuple[float, ...], std: tuple[float, ...]) -> transforms.Compose:
     """METHODS.md §3.1: ToTensor → Normalize."""
     return transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
@@ -74,29 +95,42 @@ class IndexedDataset(Dataset):
     """A view of ``source`` (any data set of (PIL image, label)) through ``positions``, transformed.
 
     ``dataset[(index, seed)]`` returns ``(image tensor, label, index)`` where ``index`` is the
-    position in this view (what memory banks use) and ``seed`` fixes the transform's randomness.
+    position in this view (what memory banks use) and ``seed`` fixes the transform's randomness;
+    with a ``strong_transform``, ``(image tensor, label, index, strong image tensor)``.
     """
 
     def __init__(
-        self, source: Dataset, transform: transforms.Compose, positions: np.ndarray | None = None
+        self,
+        source: Dataset,
+        transform: transforms.Compose,
+        positions: np.ndarray | None = None,
+        strong_transform: transforms.Compose | None = None,
     ) -> None:
         self.source = source
         self.transform = transform
+        self.strong_transform = strong_transform
         self.positions = np.arange(len(source)) if positions is None else np.asarray(positions)
 
     def __len__(self) -> int:
         return len(self.positions)
 
-    def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, key: SampleKey) -> tuple:
         index, seed = key
         image, target = self.source[int(self.positions[index])]
         if seed is None:
-            return self.transform(image), target, index
+            return self._sample(image, target, index)
         # Only the CPU generator: torch.manual_seed would also re-seed CUDA's, which fork_rng
         # with no devices does not restore.
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)
-            return self.transform(image), target, index
+            return self._sample(image, target, index)
+
+    def _sample(self, image: Image.Image, target: int, index: int) -> tuple:
+        """The transformed image (then its strong view, drawn after it, if asked for) with its label and index."""
+        view = self.transform(image)
+        if self.strong_transform is None:
+            return view, target, index
+        return view, target, index, self.strong_transform(image)
 
 
 class EpochBatchSampler(Sampler[list[SampleKey]]):
@@ -235,6 +269,6 @@ class ReferenceLoader:
         if self.contrast is not None:
             generator = torch.Generator(device=self.contrast.device)
             generator.manual_seed(derive_seed(self.seed, self.epoch, self.rank, Stream.CONTRAST))
-        for images, targets, indices in self.loader:
+        for images, targets, indices, *strong in self.loader:
             contrast_indices = None if generator is None else self.contrast.sample(indices, generator)
-            yield Batch(images, targets, indices, contrast_indices)
+            yield Batch(images, targets, indices, contrast_indices, strong[0] if strong else None)

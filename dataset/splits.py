@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from dataset.seeding import Stream, derive_seed
-from helper.errors import UsageError
+from errors import UsageError
 
 
 def stratified_holdout(targets: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -30,18 +30,17 @@ the student's size, METHODS.md §0.3).
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from dataset.batch import Batch
-from distiller_zoo.base import Distiller, InitStage, Outputs, Weights
+from distiller_zoo.base import DistillSetup, Outputs, Weights
 from distiller_zoo.common import ConvReg, align_spatial
-from distiller_zoo.flags import INIT_EPOCHS
+from distiller_zoo.init_only import InitOnlyDistiller
 from distiller_zoo.registry import register
-from helper.errors import UsageError
+from errors import UsageError
 
 __all__ = ["AB", "ABLoss", "Connector"]
 
@@ -100,15 +99,14 @@ class Connector(nn.Module):
 
 
 @register("abound", "ab")
-class AB(Distiller):
+class AB(InitOnlyDistiller):
     """Activation boundaries: an init stage on the AB loss, then plain training (``-a 0 -b 1``)."""
 
     recommended = Weights(gamma=1.0, alpha=0.0, beta=1.0)
     preact = True
-    arguments = (INIT_EPOCHS,)
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, opt: argparse.Namespace):
-        super().__init__(student, teacher, opt)
+    def __init__(self, student: nn.Module, teacher: nn.Module, setup: DistillSetup, *, init_epochs: int):
+        super().__init__(student, teacher, setup, init_epochs=init_epochs)
         s_shapes, t_shapes = self.student_shapes[1:-1], self.teacher_shapes[1:-1]
         try:
             self.connector = Connector(s_shapes, t_shapes)
@@ -118,38 +116,11 @@ class AB(Distiller):
             ) from None
         self.criterion = ABLoss(len(s_shapes))
 
-    def method_weights(self, opt: argparse.Namespace) -> dict[str, float]:
-        """No main-stage term: AB's whole effect comes from its init stage."""
-        return {}
-
-    def distill(self, student: Outputs, teacher: Outputs, batch: Batch) -> dict[str, torch.Tensor]:
-        return {}
-
-    def init_stage(self, opt: argparse.Namespace) -> InitStage:
-        return InitStage(epochs=opt.init_epochs, learning_rate=opt.learning_rate, terms=("abound",))
-
-    def init_parameters(self) -> list[nn.Parameter]:
-        """The connector and the student's feature modules (not its classifier)."""
-        return [*self.connector.parameters(), *self.student.get_feat_modules().parameters()]
+    def init_modules(self) -> list[nn.Module]:
+        return [self.connector]
 
     def init_terms(self, student: Outputs, teacher: Outputs, batch: Batch) -> dict[str, torch.Tensor]:
         connected = self.connector(student.features[1:-1])
         pairs = [align_spatial(s, t) for s, t in zip(connected, teacher.features[1:-1])]
         losses = self.criterion([s for s, _ in pairs], [t for _, t in pairs])
-        return {"abound": torch.stack(losses).sum()}
-
-    def main_parameters(self) -> list[nn.Parameter]:
-        """The student only: the connector is used in the init stage alone."""
-        return [p for p in self.student.parameters() if p.requires_grad]
-
-    def train(self, mode: bool = True) -> AB:
-        """Init stage: only the connector and feature modules train; main stage: connector in eval."""
-        super().train(mode)
-        if mode and self.stage == "init":
-            self.student.eval()
-            self.student.get_feat_modules().train()
-            self.connector.train()
-        elif mode:
-            self.connector.eval()
-        return self
-
+        return {self.name: torch.stack(losses).sum()}

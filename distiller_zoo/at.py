@@ -15,14 +15,12 @@ the absolute value, as upstream.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dataset.batch import Batch
-from distiller_zoo.base import Distiller, Outputs, Weights
+from distiller_zoo.base import Distiller, DistillSetup, Outputs, Weights
 from distiller_zoo.common import align_spatial
 from distiller_zoo.registry import register
 
@@ -54,8 +52,8 @@ class AT(Distiller):
 
     recommended = Weights(gamma=1.0, alpha=0.0, beta=1000.0)
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, opt: argparse.Namespace):
-        super().__init__(student, teacher, opt)
+    def __init__(self, student: nn.Module, teacher: nn.Module, setup: DistillSetup):
+        super().__init__(student, teacher, setup)
         self.criterion = Attention(p=2)
 
     def distill(self, student: Outputs, teacher: Outputs, batch: Batch) -> dict[str, torch.Tensor]:

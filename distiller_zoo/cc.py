@@ -19,13 +19,11 @@ Choices where upstream differs from the paper (METHODS.md §5 item 4):
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 from torch import nn
 
 from dataset.batch import Batch
-from distiller_zoo.base import Distiller, Outputs, Weights
+from distiller_zoo.base import Distiller, DistillSetup, Outputs, Weights
 from distiller_zoo.common import LinearEmbed
 from distiller_zoo.flags import FEAT_DIM
 from distiller_zoo.registry import register
@@ -49,10 +47,10 @@ class CC(Distiller):
     recommended = Weights(gamma=1.0, alpha=0.0, beta=0.02)
     arguments = (FEAT_DIM,)
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, opt: argparse.Namespace):
-        super().__init__(student, teacher, opt)
-        self.embed_s = LinearEmbed(self.student_shapes[-1][1:].numel(), opt.feat_dim)
-        self.embed_t = LinearEmbed(self.teacher_shapes[-1][1:].numel(), opt.feat_dim)
+    def __init__(self, student: nn.Module, teacher: nn.Module, setup: DistillSetup, *, feat_dim: int):
+        super().__init__(student, teacher, setup)
+        self.embed_s = LinearEmbed(self.student_shapes[-1][1:].numel(), feat_dim)
+        self.embed_t = LinearEmbed(self.teacher_shapes[-1][1:].numel(), feat_dim)
         self.criterion = Correlation()
 
     def distill(self, student: Outputs, teacher: Outputs, batch: Batch) -> dict[str, torch.Tensor]:

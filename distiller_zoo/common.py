@@ -6,7 +6,6 @@ Class names and parameter names follow RepDistiller/SimKD (``ConvReg``, ``Embed`
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
 import torch
@@ -14,22 +13,71 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def softened_kl(y_s: torch.Tensor, y_t: torch.Tensor, T: float | torch.Tensor) -> torch.Tensor:
+    """``KL(softmax(y_t/T) || softmax(y_s/T)) · T²``, summed over classes, averaged over the batch.
+
+    ``T`` may be a tensor (CTKD's learned temperature), through which gradients then flow.
+    """
+    log_p_s = F.log_softmax(y_s / T, dim=1)
+    log_p_t = F.log_softmax(y_t / T, dim=1)
+    kl = F.kl_div(log_p_s, log_p_t, reduction="sum", log_target=True)
+    return kl * T**2 / y_s.shape[0]
+
+
 class DistillKL(nn.Module):
     """Hinton et al., "Distilling the Knowledge in a Neural Network" (METHODS.md §1.1).
 
     ``KL(softmax(z_t/T) || softmax(z_s/T)) * T²``, summed over classes and averaged over the
-    batch. Every method computes it; ``-a`` weighs it.
+    batch. Every method computes it; ``-a`` weighs it. A third argument ``temp`` overrides the
+    constructor's ``T`` for that call, as CTKD's ``DistillKL()(y_s, y_t, temp)`` does (CTKD
+    constructs it without a temperature and passes its learned one each step).
     """
 
-    def __init__(self, T: float):
+    def __init__(self, T: float | None = None):
         super().__init__()
         self.T = T
 
-    def forward(self, y_s: torch.Tensor, y_t: torch.Tensor) -> torch.Tensor:
-        log_p_s = F.log_softmax(y_s / self.T, dim=1)
-        log_p_t = F.log_softmax(y_t / self.T, dim=1)
-        kl = F.kl_div(log_p_s, log_p_t, reduction="sum", log_target=True)
-        return kl * self.T**2 / y_s.shape[0]
+    def forward(self, y_s: torch.Tensor, y_t: torch.Tensor,
+                temp: float | torch.Tensor | None = None) -> torch.Tensor:
+        return softened_kl(y_s, y_t, self._temperature(temp))
+
+    def _temperature(self, temp: float | torch.Tensor | None) -> float | torch.Tensor:
+        """The temperature of one call: ``temp`` when given, else the constructor's ``T``."""
+        if temp is not None:
+            return temp
+        if self.T is None:
+            raise ValueError("DistillKL() was built without a temperature: pass one as the third argument")
+        return self.T
+
+
+class DistillKL_logit_stand(DistillKL):
+    """KD on standardised logits (Sun et al., CVPR 2024): ``DistillKL`` of ``normalize(y_s)``, ``normalize(y_t)``.
+
+    Called ``(y_s, y_t, temp)`` as in the paper's CTKD port, or ``(y_s, y_t)`` with the
+    constructor's ``T``; the temperature is the base temperature (2 in the paper's CIFAR runs).
+    """
+
+    def forward(self, y_s: torch.Tensor, y_t: torch.Tensor,
+                temp: float | torch.Tensor | None = None) -> torch.Tensor:
+        return softened_kl(normalize(y_s), normalize(y_t), self._temperature(temp))
+
+
+def kd_criterion(T: float, logit_stand: bool | None) -> DistillKL:
+    """The KD term of a Distiller at temperature ``T``: on standardised logits when ``logit_stand``.
+
+    ``logit_stand`` is ``--logit_stand``, which is None when a caller omits it (off).
+    """
+    return DistillKL_logit_stand(T) if logit_stand else DistillKL(T)
+
+
+def normalize(logit: torch.Tensor) -> torch.Tensor:
+    """Logit standardisation (Sun et al., CVPR 2024): each sample's logits z-scored, unbiased std.
+
+    ``(z - mean(z)) / (std(z) + 1e-7)`` over the class dimension, as the paper's code does.
+    """
+    mean = logit.mean(dim=-1, keepdim=True)
+    std = logit.std(dim=-1, keepdim=True)
+    return (logit - mean) / (1e-7 + std)
 
 
 def align_spatial(f_s: torch.Tensor, f_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,15 +163,6 @@ class LinearEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x.flatten(1))
-
-
-def opt_with(opt: argparse.Namespace, **fields: object) -> argparse.Namespace:
-    """A copy of ``opt`` with ``fields`` set (e.g. the probed ``s_dim``/``t_dim`` a criterion reads).
-
-    Distillers build upstream-style criteria that read their sizes from ``opt``; they do so
-    from a copy, so the caller's options are never changed.
-    """
-    return argparse.Namespace(**{**vars(opt), **fields})
 
 
 def channel_mismatch(s_shapes: Sequence[Sequence[int]], t_shapes: Sequence[Sequence[int]],

@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from dataset.batch import Batch, DataNeeds
-from distiller_zoo.base import Distiller, Outputs, Weights
-from distiller_zoo.common import Embed, opt_with
+from distiller_zoo.base import Distiller, DistillSetup, Outputs, Weights
+from distiller_zoo.common import Embed
 from distiller_zoo.flags import FEAT_DIM, MODE, NCE_K, NCE_M, NCE_T
 from distiller_zoo.memory import ContrastMemory
 from distiller_zoo.registry import register
@@ -106,15 +106,16 @@ class CRD(Distiller):
     recommended = Weights(gamma=1.0, alpha=0.0, beta=0.8)
     arguments = (FEAT_DIM, NCE_K, NCE_T, NCE_M, MODE)
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, opt: argparse.Namespace):
-        super().__init__(student, teacher, opt)
-        self.criterion = CRDLoss(
-            opt_with(opt, s_dim=self.student_shapes[-1][1], t_dim=self.teacher_shapes[-1][1])
-        )
+    def __init__(self, student: nn.Module, teacher: nn.Module, setup: DistillSetup,
+                 *, feat_dim: int, nce_k: int, nce_t: float, nce_m: float, mode: str):
+        super().__init__(student, teacher, setup)
+        self.criterion = CRDLoss(argparse.Namespace(
+            s_dim=self.student_shapes[-1][1], t_dim=self.teacher_shapes[-1][1], feat_dim=feat_dim,
+            n_data=setup.num_train, nce_k=nce_k, nce_t=nce_t, nce_m=nce_m))
 
     @classmethod
-    def data_needs(cls, opt: argparse.Namespace) -> DataNeeds:
-        return DataNeeds(indices=True, contrast_k=opt.nce_k, contrast_mode=opt.mode)
+    def data_needs(cls, *, nce_k: int, mode: str, **_: object) -> DataNeeds:
+        return DataNeeds(indices=True, contrast_k=nce_k, contrast_mode=mode)
 
     def distill(self, student: Outputs, teacher: Outputs, batch: Batch) -> dict[str, torch.Tensor]:
         loss = self.criterion(student.features[-1], teacher.features[-1], batch.indices,

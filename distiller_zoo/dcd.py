@@ -12,10 +12,8 @@ In-batch contrast between student and teacher embeddings, ``v = normalize(Linear
 
 Choices (METHODS.md §5 item 8): ``θ_τ`` and ``b`` are **trained**, with the student's weight
 decay, as in the code behind the published tables (distillers-imagenet HEAD silently leaves
-them out of the optimiser). ``trainable=False`` reproduces upstream's fixed option literally:
-``τ = opt.nce_t`` used as the multiplier without the exp/clamp (so 0.07 makes the logits very
-flat) and ``b = 0``; the two parameters then exist (same state-dict keys) with
-``requires_grad=False``. No command-line flag selects it, since upstream's flag is unused.
+them out of the optimiser). Upstream's fixed-temperature option is not offered: no upstream
+command line selects it.
 DCD runs with full batches only (the recipe drops the last partial batch).
 """
 
@@ -28,8 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dataset.batch import Batch, DataNeeds
-from distiller_zoo.base import Distiller, Outputs, Weights
-from distiller_zoo.common import opt_with
+from distiller_zoo.base import Distiller, DistillSetup, Outputs, Weights
 from distiller_zoo.flags import FEAT_DIM
 from distiller_zoo.registry import register
 
@@ -39,14 +36,14 @@ __all__ = ["DCD", "DCDLoss", "LearnableParams"]
 class LearnableParams(nn.Module):
     """Holder of DCD's two scalars: ``tau`` (θ_τ, the log of the logit scale) and the bias ``b``."""
 
-    def __init__(self, init_tau: float = 1.0, init_b: float = 0.0, trainable: bool = True):
+    def __init__(self, init_tau: float = 1.0, init_b: float = 0.0):
         super().__init__()
-        self.tau = nn.Parameter(torch.tensor(float(init_tau)), requires_grad=trainable)
-        self.b = nn.Parameter(torch.tensor(float(init_b)), requires_grad=trainable)
+        self.tau = nn.Parameter(torch.tensor(float(init_tau)))
+        self.b = nn.Parameter(torch.tensor(float(init_b)))
 
 
 class DCDLoss(nn.Module):
-    """DCD criterion; reads ``opt.s_dim, t_dim, feat_dim`` (and ``nce_t`` when not trainable).
+    """DCD criterion; reads ``opt.s_dim, t_dim, feat_dim``.
 
     State-dict keys ``params.tau``, ``params.b``, ``embed_s.*``, ``embed_t.*``.
     """
@@ -58,16 +55,11 @@ class DCDLoss(nn.Module):
         alpha: float = 0.5,
         init_tau: float = 1.0,
         init_b: float = 0.0,
-        trainable: bool = True,
     ):
         super().__init__()
         self.max_tau = max_tau
         self.alpha = alpha
-        self.trainable = trainable
-        if trainable:
-            self.params = LearnableParams(init_tau, init_b)
-        else:
-            self.params = LearnableParams(opt.nce_t, 0.0, trainable=False)
+        self.params = LearnableParams(init_tau, init_b)
         self.embed_s = nn.Linear(opt.s_dim, opt.feat_dim)
         self.embed_t = nn.Linear(opt.t_dim, opt.feat_dim)
 
@@ -75,11 +67,8 @@ class DCDLoss(nn.Module):
         """``Λ = τ · v_s v_tᵀ + b``, ``[B, B]``: row = student sample, column = teacher sample."""
         v_s = F.normalize(self.embed_s(f_s), dim=1)
         v_t = F.normalize(self.embed_t(f_t), dim=1)
-        if self.trainable:
-            scale, bias = self.params.tau.exp().clamp(0, self.max_tau), self.params.b
-        else:
-            scale, bias = self.params.tau, 0.0
-        return v_s @ v_t.t() * scale + bias
+        scale = self.params.tau.exp().clamp(0, self.max_tau)
+        return v_s @ v_t.t() * scale + self.params.b
 
     def forward(self, f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
         logits = self.logits(f_s, f_t)
@@ -98,14 +87,13 @@ class DCD(Distiller):
     recommended = Weights(gamma=1.0, alpha=0.0, beta=1.0)
     arguments = (FEAT_DIM,)
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, opt: argparse.Namespace):
-        super().__init__(student, teacher, opt)
-        self.criterion = DCDLoss(
-            opt_with(opt, s_dim=self.student_shapes[-1][1], t_dim=self.teacher_shapes[-1][1])
-        )
+    def __init__(self, student: nn.Module, teacher: nn.Module, setup: DistillSetup, *, feat_dim: int):
+        super().__init__(student, teacher, setup)
+        self.criterion = DCDLoss(argparse.Namespace(
+            s_dim=self.student_shapes[-1][1], t_dim=self.teacher_shapes[-1][1], feat_dim=feat_dim))
 
     @classmethod
-    def data_needs(cls, opt: argparse.Namespace) -> DataNeeds:
+    def data_needs(cls, **_: object) -> DataNeeds:
         return DataNeeds(drop_last=True)
 
     def distill(self, student: Outputs, teacher: Outputs, batch: Batch) -> dict[str, torch.Tensor]:

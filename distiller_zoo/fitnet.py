@@ -21,17 +21,15 @@ Choices where upstream differs or is incomplete:
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dataset.batch import Batch
-from distiller_zoo.base import Distiller, Outputs, Weights, argument
+from distiller_zoo.base import Distiller, DistillSetup, Outputs, Weights, argument
 from distiller_zoo.common import ConvReg
 from distiller_zoo.registry import register
-from helper.errors import UsageError
+from errors import UsageError
 
 __all__ = ["FitNet", "HintLoss"]
 
@@ -53,11 +51,11 @@ class FitNet(Distiller):
     recommended = Weights(gamma=1.0, alpha=0.0, beta=100.0)
     arguments = (HINT_LAYER,)
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, opt: argparse.Namespace):
-        super().__init__(student, teacher, opt)
-        self.hint_layer = opt.hint_layer
-        s_shape = self._map_shape(self.student_shapes, "student", getattr(opt, "model_s", "student"))
-        t_shape = self._map_shape(self.teacher_shapes, "teacher", getattr(opt, "model_t", "teacher"))
+    def __init__(self, student: nn.Module, teacher: nn.Module, setup: DistillSetup, *, hint_layer: int):
+        super().__init__(student, teacher, setup)
+        self.hint_layer = hint_layer
+        s_shape = self._map_shape(self.student_shapes, "student", setup.student_name)
+        t_shape = self._map_shape(self.teacher_shapes, "teacher", setup.teacher_name)
         self.regress_s = ConvReg(s_shape, t_shape)
         self.criterion = HintLoss()
 

@@ -20,7 +20,6 @@ of the student in eval mode; the **main stage** has no FSP term (``-b`` has no e
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from itertools import pairwise
 
@@ -28,9 +27,9 @@ import torch
 from torch import nn
 
 from dataset.batch import Batch
-from distiller_zoo.base import Distiller, InitStage, Outputs, Weights
+from distiller_zoo.base import DistillSetup, Outputs, Weights
 from distiller_zoo.common import align_spatial, channel_mismatch
-from distiller_zoo.flags import INIT_EPOCHS
+from distiller_zoo.init_only import InitOnlyDistiller
 from distiller_zoo.registry import register
 
 __all__ = ["FSP", "FSPDistiller"]
@@ -39,16 +38,13 @@ __all__ = ["FSP", "FSPDistiller"]
 class FSP(nn.Module):
     """FSP-matrix matching over consecutive map pairs (RepDistiller ``FSP``).
 
-    ``s_shapes``/``t_shapes`` are the shapes of the maps passed to ``forward`` (batch dim
-    included); construction fails with a ``ValueError`` unless the channel counts agree at
-    every position.
+    ``s_shapes``/``t_shapes`` (the shapes of the maps passed to ``forward``) are taken as
+    upstream's constructor takes them; the channel counts must agree at every position, which
+    :meth:`FSPDistiller.pairing_problem` checks before the criterion is built.
     """
 
     def __init__(self, s_shapes: Sequence[Sequence[int]], t_shapes: Sequence[Sequence[int]]):
         super().__init__()
-        problem = channel_mismatch(s_shapes, t_shapes)
-        if problem is not None:
-            raise ValueError(f"FSP needs equal channel counts at every map: {problem}")
 
     @staticmethod
     def fsp_matrices(g: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -68,14 +64,13 @@ class FSP(nn.Module):
 
 
 @register("fsp")
-class FSPDistiller(Distiller):
+class FSPDistiller(InitOnlyDistiller):
     """FSP: an init stage on the FSP loss, then plain training (``-a 0 -b 50``, β unused)."""
 
     recommended = Weights(gamma=1.0, alpha=0.0, beta=50.0)
-    arguments = (INIT_EPOCHS,)
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, opt: argparse.Namespace):
-        super().__init__(student, teacher, opt)
+    def __init__(self, student: nn.Module, teacher: nn.Module, setup: DistillSetup, *, init_epochs: int):
+        super().__init__(student, teacher, setup, init_epochs=init_epochs)
         self.criterion = FSP(self.student_shapes[:-1], self.teacher_shapes[:-1])
 
     @classmethod
@@ -87,29 +82,6 @@ class FSPDistiller(Distiller):
                 "and teacher of one family and width (e.g. resnet110/resnet56 -> resnet20, "
                 "resnet32x4 -> resnet8x4, vgg13 -> vgg8, wrn_40_2 -> wrn_16_2)")
 
-    def method_weights(self, opt: argparse.Namespace) -> dict[str, float]:
-        """No main-stage term: FSP's whole effect comes from its init stage."""
-        return {}
-
-    def distill(self, student: Outputs, teacher: Outputs, batch: Batch) -> dict[str, torch.Tensor]:
-        return {}
-
-    def init_stage(self, opt: argparse.Namespace) -> InitStage:
-        return InitStage(epochs=opt.init_epochs, learning_rate=opt.learning_rate, terms=("fsp",))
-
-    def init_parameters(self) -> list[nn.Parameter]:
-        """The student's feature modules (not its classifier)."""
-        return list(self.student.get_feat_modules().parameters())
-
     def init_terms(self, student: Outputs, teacher: Outputs, batch: Batch) -> dict[str, torch.Tensor]:
         losses = self.criterion(student.features[:-1], teacher.features[:-1])
-        return {"fsp": torch.stack(losses).sum()}
-
-    def train(self, mode: bool = True) -> FSPDistiller:
-        """In the init stage only the student's feature modules train (BN statistics update)."""
-        super().train(mode)
-        if mode and self.stage == "init":
-            self.student.eval()
-            self.student.get_feat_modules().train()
-        return self
-
+        return {self.name: torch.stack(losses).sum()}

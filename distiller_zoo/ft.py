@@ -25,7 +25,6 @@ DS-cifar's FT branch cannot run (NameError, METHODS.md §5 item 17); this follow
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
 import torch
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dataset.batch import Batch
-from distiller_zoo.base import Distiller, InitStage, Outputs, Weights
+from distiller_zoo.base import Distiller, DistillSetup, InitStage, Outputs, Weights
 from distiller_zoo.common import align_spatial
 from distiller_zoo.flags import INIT_EPOCHS
 from distiller_zoo.registry import register
@@ -128,8 +127,9 @@ class FT(Distiller):
     recommended = Weights(gamma=1.0, alpha=0.0, beta=200.0)
     arguments = (INIT_EPOCHS,)
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, opt: argparse.Namespace):
-        super().__init__(student, teacher, opt)
+    def __init__(self, student: nn.Module, teacher: nn.Module, setup: DistillSetup, *, init_epochs: int):
+        super().__init__(student, teacher, setup)
+        self.init_epochs = init_epochs
         s_shape, t_shape = self.student_shapes[-2], self.teacher_shapes[-2]
         self.paraphraser = Paraphraser(t_shape, k=0.5, use_bn=False)
         self.translator = Translator(s_shape, t_shape, k=0.5, use_bn=True)
@@ -141,10 +141,11 @@ class FT(Distiller):
             factor_t = self.paraphraser(teacher.features[-2], is_factor=True)
         return {"factor": self.criterion(factor_s, factor_t)}
 
-    def init_stage(self, opt: argparse.Namespace) -> InitStage:
-        small = opt.model_s.startswith(SMALL_INIT_LR_PREFIXES)
-        learning_rate = SMALL_INIT_LR if small else opt.learning_rate
-        return InitStage(epochs=opt.init_epochs, learning_rate=learning_rate, terms=("reconstruction",))
+    @property
+    def init_stage(self) -> InitStage:
+        small = self.setup.student_name.startswith(SMALL_INIT_LR_PREFIXES)
+        learning_rate = SMALL_INIT_LR if small else self.setup.learning_rate
+        return InitStage(epochs=self.init_epochs, learning_rate=learning_rate, terms=("reconstruction",))
 
     def init_parameters(self) -> list[nn.Parameter]:
         """The paraphraser alone."""

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dataset.batch import Batch
-from distiller_zoo.base import Distiller, Outputs, Weights, argument
-from distiller_zoo.common import LinearEmbed, opt_with
+from distiller_zoo.base import Distiller, DistillSetup, Outputs, Weights, argument
+from distiller_zoo.common import LinearEmbed
 from distiller_zoo.registry import register
 
 __all__ = ["ITRD", "ITLoss"]
@@ -54,18 +54,19 @@ class ITLoss(nn.Module):
     """ITRD criterion; reads ``opt.s_dim, t_dim, n_data, alpha_it`` and the λ weights.
 
     State-dict keys ``embed.linear.weight``/``bias`` (``Linear(s_dim → t_dim)``).
-    ``lambda_corr``/``lambda_mutual`` weigh :meth:`forward`; absent from ``opt`` (upstream's
-    constructor does not read them) they take the flag defaults 2.0 and 0.05.
+    ``lambda_corr``/``lambda_mutual`` weigh :meth:`forward`; upstream's constructor takes
+    ``opt`` alone, so they are keyword arguments with the flag defaults.
     """
 
-    def __init__(self, opt: argparse.Namespace):
+    def __init__(self, opt: argparse.Namespace, lambda_corr: float = LAMBDA_CORR.default,
+                 lambda_mutual: float = LAMBDA_MUTUAL.default):
         super().__init__()
         self.s_dim = opt.s_dim
         self.t_dim = opt.t_dim
         self.n_data = opt.n_data
         self.alpha_it = opt.alpha_it
-        self.lambda_corr = getattr(opt, "lambda_corr", LAMBDA_CORR.options["default"])
-        self.lambda_mutual = getattr(opt, "lambda_mutual", LAMBDA_MUTUAL.options["default"])
+        self.lambda_corr = lambda_corr
+        self.lambda_mutual = lambda_mutual
         self.embed = LinearEmbed(opt.s_dim, opt.t_dim)
 
     def forward_correlation_it(self, z_s: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
@@ -101,14 +102,17 @@ class ITRD(Distiller):
     preact = True
     arguments = (LAMBDA_CORR, LAMBDA_MUTUAL, ALPHA_IT)
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, opt: argparse.Namespace):
-        super().__init__(student, teacher, opt)
-        self.criterion = ITLoss(
-            opt_with(opt, s_dim=self.student_shapes[-1][1], t_dim=self.teacher_shapes[-1][1])
-        )
+    def __init__(self, student: nn.Module, teacher: nn.Module, setup: DistillSetup,
+                 *, lambda_corr: float, lambda_mutual: float, alpha_it: float):
+        super().__init__(student, teacher, setup)
+        self.criterion = ITLoss(argparse.Namespace(
+            s_dim=self.student_shapes[-1][1], t_dim=self.teacher_shapes[-1][1], n_data=setup.num_train,
+            alpha_it=alpha_it), lambda_corr=lambda_corr, lambda_mutual=lambda_mutual)
 
-    def method_weights(self, opt: argparse.Namespace) -> dict[str, float]:
-        return {"corr": opt.beta * opt.lambda_corr, "mutual": opt.beta * opt.lambda_mutual}
+    def method_weights(self, weights: Weights) -> dict[str, float]:
+        """β times each of the two terms' λ (the criterion's own forward applies the λs itself)."""
+        return {"corr": weights.beta * self.criterion.lambda_corr,
+                "mutual": weights.beta * self.criterion.lambda_mutual}
 
     def distill(self, student: Outputs, teacher: Outputs, batch: Batch) -> dict[str, torch.Tensor]:
         e_s, e_t = student.features[-1], teacher.features[-1]

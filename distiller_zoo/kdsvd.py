@@ -25,14 +25,12 @@ mdistiller's 1.0 is the recommendation. Upstream flattens the spatial size as ``
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dataset.batch import Batch
-from distiller_zoo.base import Distiller, Outputs, Weights
+from distiller_zoo.base import Distiller, DistillSetup, Outputs, Weights
 from distiller_zoo.common import channel_mismatch
 from distiller_zoo.registry import register
 
@@ -92,8 +90,8 @@ class KDSVDDistiller(Distiller):
 
     recommended = Weights(gamma=1.0, alpha=0.0, beta=1.0)
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, opt: argparse.Namespace):
-        super().__init__(student, teacher, opt)
+    def __init__(self, student: nn.Module, teacher: nn.Module, setup: DistillSetup):
+        super().__init__(student, teacher, setup)
         self.criterion = KDSVD(k=1)
 
     @classmethod

@@ -29,6 +29,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from distiller_zoo.common import l2_normalize_exact
+
 
 def concat_all_gather(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` from every rank concatenated along dim 0 (rank order), without gradient.
@@ -44,9 +46,6 @@ def concat_all_gather(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(gathered, dim=0)
 
 
-def _unit_rows(x: torch.Tensor) -> torch.Tensor:
-    """Rows divided by their L2 norm, with no epsilon (RepDistiller's memory update)."""
-    return x / x.pow(2).sum(1, keepdim=True).pow(0.5)
 
 
 class ContrastMemory(nn.Module):
@@ -136,7 +135,7 @@ class ContrastMemory(nn.Module):
         for memory, v in ((self.memory_v1, v1), (self.memory_v2, v2)):
             v = concat_all_gather(v.detach()).to(memory.dtype)
             rows = memory.index_select(0, y) * momentum + v * (1 - momentum)
-            memory.index_copy_(0, y, _unit_rows(rows))
+            memory.index_copy_(0, y, l2_normalize_exact(rows))
 
 
 class FIFOQueue(nn.Module):

@@ -16,14 +16,12 @@ each mean over the batch and both channel indices; the teacher–teacher term is
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dataset.batch import Batch
-from distiller_zoo.base import Distiller, Outputs, Weights
+from distiller_zoo.base import Distiller, DistillSetup, Outputs, Weights
 from distiller_zoo.common import align_spatial
 from distiller_zoo.registry import register
 
@@ -59,8 +57,8 @@ class NST(Distiller):
 
     recommended = Weights(gamma=1.0, alpha=0.0, beta=50.0)
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, opt: argparse.Namespace):
-        super().__init__(student, teacher, opt)
+    def __init__(self, student: nn.Module, teacher: nn.Module, setup: DistillSetup):
+        super().__init__(student, teacher, setup)
         self.criterion = NSTLoss()
 
     def distill(self, student: Outputs, teacher: Outputs, batch: Batch) -> dict[str, torch.Tensor]:

@@ -15,13 +15,11 @@ entries instead of summing each row.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 from torch import nn
 
 from dataset.batch import Batch
-from distiller_zoo.base import Distiller, Outputs, Weights
+from distiller_zoo.base import Distiller, DistillSetup, Outputs, Weights
 from distiller_zoo.registry import register
 
 __all__ = ["PKT"]
@@ -51,8 +49,8 @@ class PKTDistiller(Distiller):
 
     recommended = Weights(gamma=1.0, alpha=0.0, beta=30000.0)
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, opt: argparse.Namespace):
-        super().__init__(student, teacher, opt)
+    def __init__(self, student: nn.Module, teacher: nn.Module, setup: DistillSetup):
+        super().__init__(student, teacher, setup)
         self.criterion = PKT()
 
     def distill(self, student: Outputs, teacher: Outputs, batch: Batch) -> dict[str, torch.Tensor]:

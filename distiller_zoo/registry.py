@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from torch import nn
 
-from distiller_zoo.base import Argument, Distiller
-from helper.errors import UsageError
+from dataset.batch import DataNeeds
+from distiller_zoo.base import Argument, Distiller, DistillSetup
+from errors import UsageError
 
 DISTILLERS: dict[str, type[Distiller]] = {}
 DEFAULT_METHOD = "kd"  # what --distill means when it is not given, as upstream
@@ -55,6 +56,24 @@ def all_arguments() -> list[Argument]:
     return list(seen.values())
 
 
-def build(opt: argparse.Namespace, student: nn.Module, teacher: nn.Module) -> Distiller:
-    """Build the Distiller of ``opt.distill`` around a student and a (frozen) teacher."""
-    return get(opt.distill)(student, teacher, opt)
+def method_flags(name: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The values of the flags method ``name`` declares, taken from ``values`` (else their defaults).
+
+    ``values`` may hold anything else (the whole parsed command line, say): a method receives
+    only what it declares.
+    """
+    return {arg.dest: values.get(arg.dest, arg.default) for arg in get(name).arguments}
+
+
+def data_needs(name: str, values: Mapping[str, Any]) -> DataNeeds:
+    """What method ``name``'s training loader must serve, given its flag values."""
+    return get(name).data_needs(**method_flags(name, values))
+
+
+def build(name: str, student: nn.Module, teacher: nn.Module, setup: DistillSetup,
+          values: Mapping[str, Any] | None = None) -> Distiller:
+    """Build method ``name``'s Distiller around a student and a (frozen) teacher.
+
+    ``values`` holds the method's flag values (missing ones take their declared defaults).
+    """
+    return get(name)(student, teacher, setup, **method_flags(name, values or {}))

@@ -19,14 +19,12 @@ matrix is left unnormalised (all zeros), so its loss is 0.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dataset.batch import Batch
-from distiller_zoo.base import Distiller, Outputs, Weights
+from distiller_zoo.base import Distiller, DistillSetup, Outputs, Weights
 from distiller_zoo.registry import register
 
 __all__ = ["RKD", "RKDLoss"]
@@ -81,8 +79,8 @@ class RKD(Distiller):
 
     recommended = Weights(gamma=1.0, alpha=0.0, beta=1.0)
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, opt: argparse.Namespace):
-        super().__init__(student, teacher, opt)
+    def __init__(self, student: nn.Module, teacher: nn.Module, setup: DistillSetup):
+        super().__init__(student, teacher, setup)
         self.criterion = RKDLoss(w_d=25, w_a=50)
 
     def distill(self, student: Outputs, teacher: Outputs, batch: Batch) -> dict[str, torch.Tensor]:

@@ -39,8 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dataset.batch import Batch
-from distiller_zoo.base import Distiller, Outputs, Weights, argument
-from distiller_zoo.common import opt_with
+from distiller_zoo.base import Distiller, DistillSetup, Outputs, Weights, argument
 from distiller_zoo.flags import FEAT_DIM, NCE_K
 from distiller_zoo.memory import FIFOQueue
 from distiller_zoo.registry import register
@@ -94,11 +93,12 @@ class RRD(Distiller):
     recommended = Weights(gamma=1.0, alpha=0.0, beta=1.0)
     arguments = (FEAT_DIM, NCE_K, NCE_T_S, NCE_T_T)
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, opt: argparse.Namespace):
-        super().__init__(student, teacher, opt)
-        self.criterion = RRDLoss(
-            opt_with(opt, s_dim=self.student_shapes[-1][1], t_dim=self.teacher_shapes[-1][1])
-        )
+    def __init__(self, student: nn.Module, teacher: nn.Module, setup: DistillSetup,
+                 *, feat_dim: int, nce_k: int, nce_t_s: float, nce_t_t: float):
+        super().__init__(student, teacher, setup)
+        self.criterion = RRDLoss(argparse.Namespace(
+            s_dim=self.student_shapes[-1][1], t_dim=self.teacher_shapes[-1][1], feat_dim=feat_dim,
+            nce_k=nce_k, nce_t_s=nce_t_s, nce_t_t=nce_t_t))
 
     def distill(self, student: Outputs, teacher: Outputs, batch: Batch) -> dict[str, torch.Tensor]:
         return {self.name: self.criterion(student.features[-1], teacher.features[-1])}

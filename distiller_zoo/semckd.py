@@ -31,17 +31,16 @@ by name; it never influences the loss.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from dataset.batch import Batch, DataNeeds
-from distiller_zoo.base import Distiller, Outputs, Weights, argument
+from distiller_zoo.base import Distiller, DistillSetup, Outputs, Weights, argument
 from distiller_zoo.common import align_spatial, l2_normalize_exact
 from distiller_zoo.registry import register
-from helper.errors import UsageError
+from errors import UsageError
 
 __all__ = ["MLPEmbed", "Proj", "SelfA", "SemCKD", "SemCKDLoss"]
 
@@ -163,20 +162,20 @@ class SemCKD(Distiller):
     recommended = Weights(gamma=1.0, alpha=1.0, beta=400.0)
     arguments = (SOFT,)
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, opt: argparse.Namespace):
-        super().__init__(student, teacher, opt)
-        if opt.batch_size < 4:
+    def __init__(self, student: nn.Module, teacher: nn.Module, setup: DistillSetup, *, soft: float):
+        super().__init__(student, teacher, setup)
+        if setup.batch_size < 4:
             raise UsageError(
                 f"--distill semckd needs --batch_size of at least 4 (its attention heads are "
-                f"batch_size/4 wide), got {opt.batch_size}"
+                f"batch_size/4 wide), got {setup.batch_size}"
             )
         s_n = [shape[1] for shape in self.student_shapes[1:-1]]
         t_n = [shape[1] for shape in self.teacher_shapes[1:-1]]
-        self.self_attention = SelfA(opt.batch_size, s_n, t_n, opt.soft)
+        self.self_attention = SelfA(setup.batch_size, s_n, t_n, soft)
         self.criterion = SemCKDLoss()
 
     @classmethod
-    def data_needs(cls, opt: argparse.Namespace) -> DataNeeds:
+    def data_needs(cls, **_: object) -> DataNeeds:
         """Full batches only: the attention heads' input width is the batch size."""
         return DataNeeds(drop_last=True)
 

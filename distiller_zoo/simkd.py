@@ -22,14 +22,12 @@ student's own logits but weigh nothing, so the student's own classifier gets no 
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dataset.batch import Batch
-from distiller_zoo.base import Distiller, Outputs, Weights, argument
+from distiller_zoo.base import Distiller, DistillSetup, Outputs, Weights, argument
 from distiller_zoo.common import align_spatial
 from distiller_zoo.registry import register
 
@@ -78,19 +76,20 @@ class SimKDDistiller(Distiller):
     recommended = Weights(gamma=0.0, alpha=0.0, beta=1.0)
     arguments = (FACTOR,)
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, opt: argparse.Namespace):
-        super().__init__(student, teacher, opt)
-        self.simkd = SimKD(s_n=self.student_shapes[-2][1], t_n=self.teacher_shapes[-2][1], factor=opt.factor)
+    def __init__(self, student: nn.Module, teacher: nn.Module, setup: DistillSetup, *, factor: int):
+        super().__init__(student, teacher, setup)
+        self.simkd = SimKD(s_n=self.student_shapes[-2][1], t_n=self.teacher_shapes[-2][1], factor=factor)
         # Registered here (it also stays inside the frozen teacher) so that the method's state,
         # which evaluation needs, includes it.
         self.cls_t = teacher.get_classifier()
 
-    def distill(self, student: Outputs, teacher: Outputs, batch: Batch) -> dict[str, torch.Tensor]:
+    def distill_and_predict(self, student: Outputs, teacher: Outputs,
+                            batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``ẑ`` (what training accuracy is measured on) and the alignment term."""
         trans_feat_s, trans_feat_t, pred_feat_s = self.simkd(
             student.features[-2], teacher.features[-2], self.cls_t
         )
-        student.prediction = pred_feat_s
-        return {"simkd": F.mse_loss(trans_feat_s, trans_feat_t)}
+        return pred_feat_s, {self.name: F.mse_loss(trans_feat_s, trans_feat_t)}
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """``ẑ``: the student's last map through the projector and the teacher's classifier."""

@@ -11,14 +11,12 @@ passes only the last maps. Upstream's per-pair loss is a 1-element tensor; here 
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dataset.batch import Batch
-from distiller_zoo.base import Distiller, Outputs, Weights
+from distiller_zoo.base import Distiller, DistillSetup, Outputs, Weights
 from distiller_zoo.registry import register
 
 __all__ = ["SP", "Similarity"]
@@ -44,8 +42,8 @@ class SP(Distiller):
 
     recommended = Weights(gamma=1.0, alpha=0.0, beta=3000.0)
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, opt: argparse.Namespace):
-        super().__init__(student, teacher, opt)
+    def __init__(self, student: nn.Module, teacher: nn.Module, setup: DistillSetup):
+        super().__init__(student, teacher, setup)
         self.criterion = Similarity()
 
     def distill(self, student: Outputs, teacher: Outputs, batch: Batch) -> dict[str, torch.Tensor]:

@@ -16,14 +16,12 @@ classifier for prediction.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dataset.batch import Batch
-from distiller_zoo.base import Distiller, Outputs, Weights
+from distiller_zoo.base import Distiller, DistillSetup, Outputs, Weights
 from distiller_zoo.registry import register
 
 __all__ = ["SRRL", "SRRLDistiller"]
@@ -55,8 +53,8 @@ class SRRLDistiller(Distiller):
 
     recommended = Weights(gamma=1.0, alpha=1.0, beta=1.0)
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, opt: argparse.Namespace):
-        super().__init__(student, teacher, opt)
+    def __init__(self, student: nn.Module, teacher: nn.Module, setup: DistillSetup):
+        super().__init__(student, teacher, setup)
         self.srrl = SRRL(s_n=self.student_shapes[-1][1], t_n=self.teacher_shapes[-1][1])
 
     def distill(self, student: Outputs, teacher: Outputs, batch: Batch) -> dict[str, torch.Tensor]:

@@ -19,7 +19,6 @@ softplus as ``log(1 + exp(α))``; ``F.softplus`` is the same function without it
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import torch
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dataset.batch import Batch
-from distiller_zoo.base import Distiller, Outputs, Weights
+from distiller_zoo.base import Distiller, DistillSetup, Outputs, Weights
 from distiller_zoo.common import align_spatial
 from distiller_zoo.registry import register
 
@@ -70,8 +69,8 @@ class VID(Distiller):
 
     recommended = Weights(gamma=1.0, alpha=0.0, beta=1.0)
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, opt: argparse.Namespace):
-        super().__init__(student, teacher, opt)
+    def __init__(self, student: nn.Module, teacher: nn.Module, setup: DistillSetup):
+        super().__init__(student, teacher, setup)
         self.vid_heads = nn.ModuleList(
             VIDLoss(s_shape[1], t_shape[1], t_shape[1])
             for s_shape, t_shape in zip(self.student_shapes[1:-1], self.teacher_shapes[1:-1])

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from helper.errors import UsageError
+from errors import UsageError
 
 UPSTREAM_LAUNCHER_FLAGS = ("--multiprocessing-distributed", "--multiprocessing_distributed")
 UPSTREAM_VALUE_FLAGS = ("--dist-url", "--dist_url")
@@ -51,6 +51,22 @@ class ProcessInfo:
 
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def launch_rank() -> int:
+    """The global rank torchrun gave this process (0 outside torchrun), read before any process group exists."""
+    return int(os.environ["RANK"]) if launched_by_torchrun() else 0
+
+
+def note(message: str) -> None:
+    """A one-line ``note:`` on stderr, from rank 0 only (every rank would print the same line)."""
+    if launch_rank() == 0:
+        print(f"note: {message}", file=sys.stderr, flush=True)
+
+
+def listed_gpus(gpu_id: str) -> int:
+    """How many GPUs a ``--gpu_id`` value such as ``"0,1,2,3"`` names."""
+    return len([part for part in gpu_id.split(",") if part.strip()])
 
 
 def init_process_group(device_type: str) -> ProcessInfo:
@@ -129,19 +145,25 @@ def check_distributed_options(opt: argparse.Namespace, argv: Sequence[str] | Non
                                    opt.batch_size, opt.num_workers)
         raise UsageError("--multiprocessing-distributed is upstream's mp.spawn launcher; this repository runs "
                          "under torchrun, where --batch_size and --num_workers are per process: " + command)
-    if upstream and int(os.environ.get("RANK", 0)) == 0:
-        print(f"note: --multiprocessing-distributed and --dist-url are ignored under torchrun; --batch_size "
-              f"{opt.batch_size} is per process", file=sys.stderr, flush=True)
+    if upstream:
+        note(f"--multiprocessing-distributed and --dist-url are ignored under torchrun; --batch_size "
+             f"{opt.batch_size} is per process")
     world_size = int(os.environ.get("WORLD_SIZE", 1)) if launched_by_torchrun() else 1
-    cuda = opt.device == "cuda" or (opt.device == "auto" and torch.cuda.is_available())
-    if getattr(opt, "sync_bn", False) and world_size > 1 and not cuda:
+    # CUDA is asked only where the answer matters: asking starts CUDA in this process, which from
+    # then on ignores CUDA_VISIBLE_DEVICES (helper/cli.py sets --gpu_id's before parsing anyway)
+    if getattr(opt, "sync_bn", False) and world_size > 1 and not _runs_on_cuda(opt.device):
         raise UsageError("--sync_bn needs CUDA devices (SyncBatchNorm does not run on CPU); drop it on CPU")
+
+
+def _runs_on_cuda(device: str) -> bool:
+    """Whether ``--device`` ends on CUDA (``auto``: when a CUDA device is visible)."""
+    return device == "cuda" or (device == "auto" and torch.cuda.is_available())
 
 
 def _visible_gpus(opt: argparse.Namespace) -> int:
     """The processes upstream would spawn: one per GPU of ``--gpu_id`` or per visible GPU (at least 1)."""
     if getattr(opt, "gpu_id", None):
-        return len([part for part in str(opt.gpu_id).split(",") if part.strip()])
+        return listed_gpus(str(opt.gpu_id))
     return max(1, torch.cuda.device_count())
 
 

@@ -1,6 +1,6 @@
 """The run driver: from validated options to a finished run folder.
 
-It builds the data, the networks and the Distiller, runs the stages the method declares
+It builds the run's components (``helper.components``), runs the stages the task declares
 (an optional pre-training stage, then the main stage), evaluates, checkpoints and logs. It
 knows no method by name: everything method-specific comes from the Distiller.
 """
@@ -8,10 +8,9 @@ knows no method by name: everything method-specific comes from the Distiller.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +18,23 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-import dataset
-import distiller_zoo
-from distiller_zoo.base import Distiller
+from errors import UsageError
 from helper import checkpoint as ckpt
+from helper import run_names
+from helper.components import build_components, student_name
 from helper.distributed import (
     ProcessInfo,
-    all_reduce_sum,
     average_batchnorm_statistics,
     destroy_process_group,
     init_process_group,
 )
-from helper.errors import UsageError
 from helper.logger import RunLogger
 from helper.loops import EpochProgress, StepConfig, train_one_epoch, validate
-from helper.optim import make_scheduler, make_sgd
+from helper.optim import make_optimizer, make_scheduler, make_sgd
+from helper.run_folder import check_writable, claim_run_folder
 from helper.seeding import rng_state, seed_everything, set_rng_state
-from models import model_dict
+from helper.signals import StopFlag
+from helper.teacher import build_teacher, read_teacher
 
 AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -63,97 +62,12 @@ def select_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
-def _format_weight(value: float) -> str:
-    return str(float(value))
-
-
-def run_name(opt: argparse.Namespace, kind: str) -> str:
-    """The run folder name of CLI.md (RepDistiller/SimKD naming)."""
-    if kind == "teacher":
-        return f"{opt.model}_vanilla_{opt.dataset}_trial_{opt.trial}"
-    return (f"S:{opt.model_s}_T:{opt.model_t}_{opt.dataset}_{opt.distill}_r:{_format_weight(opt.gamma)}"
-            f"_a:{_format_weight(opt.alpha)}_b:{_format_weight(opt.beta)}_{opt.trial}")
-
-
-def _check_writable(save_dir: Path) -> None:
-    probe = save_dir.absolute()
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise UsageError(f"--save_dir {save_dir} is not writable ({probe} is not a writable folder); "
-                         "pick a folder you can write to")
-
-
-def _load_teacher(opt: argparse.Namespace) -> nn.Module:
-    checkpoint = ckpt.load_checkpoint(opt.path_t)
-    arch = ckpt.teacher_arch(checkpoint, opt.path_t, opt.model_t)
-    from helper.options import resolve_model
-
-    arch = resolve_model(arch, opt.dataset, "teacher architecture")
-    recorded_classes = checkpoint.get("num_classes")
-    if recorded_classes is not None and int(recorded_classes) != opt.num_classes:
-        raise UsageError(f"teacher {opt.path_t} was trained for {recorded_classes} classes but --dataset "
-                         f"{opt.dataset} has {opt.num_classes}; use a teacher trained on this data set")
-    opt.model_t = arch
-    teacher = model_dict[arch](num_classes=opt.num_classes)
-    ckpt.load_weights(teacher, ckpt.model_state(checkpoint), opt.path_t, arch)
-    return teacher
-
-
-def prepare_distiller(distiller: Distiller, opt: argparse.Namespace, device: torch.device,
-                      sync_bn: bool = False) -> None:
-    """Put a Distiller on the run's device and memory layout, and compile its networks if asked.
-
-    Shared by the driver and ``scripts/benchmark.py``, so the benchmark times what a run runs.
-    """
-    if sync_bn:
-        distiller.student = nn.SyncBatchNorm.convert_sync_batchnorm(distiller.student)
-    distiller.to(device)
-    if opt.channels_last:
-        distiller.to(memory_format=torch.channels_last)
-    if opt.compile:
-        distiller.student.compile()
-        if distiller.teacher is not None:
-            distiller.teacher.compile()
-
-
-class _StopFlag:
-    """Set by SIGTERM/SIGINT; a second signal exits at once.
-
-    Under torchrun every process must stop after the same step, so the flag is agreed on
-    (an all-reduce) every ``agree_every`` steps instead of read locally after each step.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self, process: ProcessInfo, device: torch.device, agree_every: int) -> None:
-        self.requested = False
-        self.previous: dict[int, Any] = {}
-        self.process, self.device, self.agree_every = process, device, agree_every
-        self.calls = 0
-
-    def __call__(self) -> bool:
-        if not self.process.distributed:
-            return self.requested
-        self.calls += 1
-        if self.calls % self.agree_every:
-            return False
-        flag = all_reduce_sum(torch.tensor([float(self.requested)], device=self.device))
-        return bool(flag.item() > 0)
-
-    def install(self) -> None:
-        def handler(signum: int, frame: Any) -> None:
-            if self.requested:
-                raise SystemExit(128 + signum)
-            self.requested = True
-
-        for signum in self.SIGNALS:
-            self.previous[signum] = signal.signal(signum, handler)
-
-    def uninstall(self) -> None:
-        for signum, previous in self.previous.items():
-            signal.signal(signum, previous)
-        self.previous.clear()
+def run_name(opt: argparse.Namespace, teacher_arch: str | None) -> str:
+    """The run folder name (RepDistiller/SimKD naming) of a teacher run, or of a student run of ``teacher_arch``."""
+    if teacher_arch is None:
+        return run_names.teacher_run_name(opt.model, opt.dataset, opt.trial)
+    return run_names.student_run_name(opt.model_s, teacher_arch, opt.dataset, opt.distill, opt.gamma, opt.alpha,
+                                      opt.beta, opt.trial)
 
 
 class Run:
@@ -170,58 +84,59 @@ class Run:
         seed_everything(opt.seed + self.process.rank, opt.deterministic)
 
         save_dir = Path(opt.save_dir).expanduser()
-        _check_writable(save_dir)
-        root = save_dir / ("teachers" if kind == "teacher" else "students")
-        self.student_name = opt.model if kind == "teacher" else opt.model_s
-        teacher = _load_teacher(opt) if kind == "student" else None
-        self.name = run_name(opt, kind)
-        self.run_dir = root / "models" / self.name
-        self.tensorboard_dir = root / "tensorboard" / self.name
+        check_writable(save_dir)
+        run_kind = run_names.VANILLA if kind == "teacher" else run_names.DISTILLED
+        self.student_name = student_name(opt)
+        teacher_file = read_teacher(opt.path_t, opt.model_t, opt.dataset) if kind == "student" else None
+        self.teacher_arch = None if teacher_file is None else teacher_file.arch
+        self.name = run_name(opt, self.teacher_arch)
+        self.run_dir = run_names.run_dir(save_dir, run_kind, self.name)
+        self.tensorboard_dir = run_names.tensorboard_dir(save_dir, run_kind, self.name)
+        for folder in (self.run_dir, self.tensorboard_dir):
+            check_writable(folder)
 
-        student = model_dict[self.student_name](num_classes=opt.num_classes)
-        needs = distiller_zoo.get(opt.distill).data_needs(opt) if teacher is not None else dataset.DataNeeds()
-        self.data = dataset.build(opt, needs, self.device, self.process.rank, self.process.world_size)
-        opt.image_size, opt.n_data = self.data.image_size, self.data.num_train
-
-        if teacher is not None:
-            self.distiller: Distiller = distiller_zoo.build(opt, student, teacher)
-        else:
-            self.distiller = Distiller(student, None, opt)
-        prepare_distiller(self.distiller, opt, self.device, sync_bn=opt.sync_bn and self.process.distributed)
-        self.model: nn.Module = self.distiller
+        factory = None if teacher_file is None else partial(build_teacher, teacher_file, dataset=opt.dataset)
+        components = build_components(opt, self.device, self.process, factory, self.teacher_arch,
+                                      sync_bn=opt.sync_bn and self.process.distributed)
+        self.data, self.task = components.data, components.task
+        self.model: nn.Module = self.task
         if self.process.distributed:
             self.model = DistributedDataParallel(
-                self.distiller, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                self.task, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 forward_sync_buffers=False, find_unused_parameters=True)  # buffers: rank 0's at start, then kept equal
 
         self.config = StepConfig(self.device, AMP_DTYPES[opt.amp], opt.channels_last, opt.print_freq,
                                  self.process.is_main)
         self.logger = RunLogger(self.run_dir, self.tensorboard_dir, enabled=self.process.is_main)
-        self.stop = _StopFlag(self.process, self.device, agree_every=min(opt.print_freq, 20))
+        self.stop = StopFlag(self.process, self.device, agree_every=min(opt.print_freq, 20))
         self.state = RunState()
-        self.init_spec = self.distiller.init_stage(opt) if teacher is not None else None
+        self.init_spec = self.task.init_stage
         self.optimizer, self.scheduler = self._main_optimizer()
         self.scaler = torch.amp.GradScaler("cuda") if opt.amp == "fp16" else None
         self.init_optimizer = None
         self.pending: EpochProgress | None = None
         if self.init_spec is not None:
-            self.init_optimizer = make_sgd(self.distiller.init_parameters(), opt, lr=self.init_spec.learning_rate)
+            self.init_optimizer = make_sgd(self.task.init_parameters(), self.init_spec.learning_rate, opt.momentum,
+                                           opt.weight_decay)
             self.state.stage = "init"
         if opt.resume:
             self._resume(self.init_optimizer)
+        self.lock = claim_run_folder(self.run_dir, resuming=bool(opt.resume)) if self.process.is_main else None
 
     # ----------------------------------------------------------------------------------------
 
     def _main_optimizer(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-        optimizer = make_sgd(self.distiller.main_parameters(), self.opt)
-        return optimizer, make_scheduler(optimizer, self.opt)
+        opt = self.opt
+        optimizer = make_optimizer(opt.optimizer, self.task.main_parameters(), opt.learning_rate, opt.momentum,
+                                   opt.weight_decay, opt.dot_delta, opt.amp)
+        return optimizer, make_scheduler(optimizer, opt.lr_decay_epochs, opt.lr_decay_rate)
 
     def _checkpoint_state(self, optimizer: torch.optim.Optimizer,
                           scheduler: torch.optim.lr_scheduler.LRScheduler | None,
                           partial: EpochProgress | None = None) -> dict[str, Any]:
         return {
-            "model": self.distiller.student.state_dict(),
-            "distiller": self.distiller.trainable_state_dict(),
+            "model": self.task.student.state_dict(),
+            "distiller": self.task.trainable_state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": None if scheduler is None else scheduler.state_dict(),
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
@@ -234,9 +149,12 @@ class Run:
             "history": self.state.history,
             "rng": rng_state(),
             "arch": self.student_name,
-            "num_classes": self.opt.num_classes,
+            "num_classes": self.data.num_classes,
             "dataset": self.opt.dataset,
+            "method": vars(self.opt).get("distill"),
+            "teacher_arch": self.teacher_arch,
             "run_name": self.name,
+            "args": self._recorded_args(),
         }
 
     def _save(self, filename: str, state: dict[str, Any]) -> None:
@@ -256,8 +174,9 @@ class Run:
                              "point --resume at this run's checkpoint")
         if "optimizer" not in state or "stage" not in state:
             raise UsageError(f"--resume {path} holds weights only, not a resumable run state")
-        self.distiller.student.load_state_dict(state["model"])
-        self.distiller.load_trainable_state_dict(state["distiller"])
+        ckpt.check_resume_flags(state.get("args"), self._recorded_args(), path)
+        self.task.student.load_state_dict(state["model"])
+        self.task.load_trainable_state_dict(state["distiller"])
         self.state = RunState(state["stage"], state["epoch"], state["best_acc"], state["best_epoch"],
                               list(state["history"]))
         if state["stage"] == "init":
@@ -275,16 +194,16 @@ class Run:
         self.logger.info(f"resumed from {path}: stage {state['stage']}, epoch {state['epoch']} done{where}")
 
     def _evaluate(self, loader) -> dict[str, float]:
-        average_batchnorm_statistics(self.distiller, frozen=self.distiller.teacher)  # torchrun: one network
-        self.distiller.eval()
-        return validate(self.distiller.predict, loader, self.config)
+        average_batchnorm_statistics(self.task, frozen=self.task.teacher)  # torchrun: one network
+        self.task.eval()
+        return validate(self.task.predict, loader, self.config)
 
     def _train_epoch(self, optimizer, scheduler, epoch: int, label: str) -> dict[str, float]:
         """One epoch; on SIGTERM/SIGINT, save where it stopped as ``latest`` and raise Interrupted."""
         self.data.train.set_epoch(epoch if label == "train" else -epoch)
-        self.distiller.set_epoch(epoch)
+        self.task.set_epoch(epoch)
         resume_from, self.pending = self.pending, None
-        record, stopped = train_one_epoch(self.model, self.distiller.loss_weights, self.data.train, optimizer,
+        record, stopped = train_one_epoch(self.model, self.task.loss_weights, self.data.train, optimizer,
                                           self.config, epoch, label, self.scaler, self.stop, resume_from)
         if stopped is not None:
             self._save("latest.pth", self._checkpoint_state(optimizer, scheduler, stopped))
@@ -308,7 +227,7 @@ class Run:
         self.logger.rewrite(self.state.history)  # a fresh run starts its metrics anew, a resumed one keeps its own
         teacher_acc = None
         if self.kind == "student" and not opt.skip_validation:
-            teacher_acc = validate(self.distiller.teacher, self.data.test, self.config)["acc1"]
+            teacher_acc = validate(self.task.teacher, self.data.test, self.config)["acc1"]
             self.logger.info(f"teacher accuracy: {teacher_acc:.2f}")
 
         if self.state.stage == "init":
@@ -318,7 +237,7 @@ class Run:
 
     def _run_init_stage(self, optimizer: torch.optim.Optimizer) -> None:
         spec = self.init_spec
-        self.distiller.set_stage("init", self.opt)
+        self.task.set_stage("init")
         self.logger.info(f"init stage: {spec.epochs} epochs at lr {spec.learning_rate} on {', '.join(spec.terms)}")
         for epoch in range(self.state.epoch + 1, spec.epochs + 1):
             train = self._train_epoch(optimizer, None, epoch, "init")
@@ -327,7 +246,7 @@ class Run:
                           **{f"init_train_{k}" if k != "images_per_second" else k: v for k, v in train.items()}})
             self._save("latest.pth", self._checkpoint_state(optimizer, None))
         self.state = RunState("main", 0, 0.0, 0, self.state.history)
-        self.distiller.set_stage("main", self.opt)
+        self.task.set_stage("main")
 
     def _run_main_stage(self) -> None:
         opt = self.opt
@@ -360,6 +279,13 @@ class Run:
                 self._save(f"{self.student_name}_last.pth", {**state, "accuracy": test["acc1"]})
             self._save("latest.pth", state)
 
+    def _recorded_args(self) -> dict[str, Any]:
+        """The run's flags as it ran them (the teacher architecture resolved), for summaries and resume checks."""
+        args = dict(vars(self.opt))
+        if self.teacher_arch is not None:
+            args["model_t"] = self.teacher_arch
+        return args
+
     def _summary(self, wall_time: float, teacher_acc: float | None = None) -> dict[str, Any]:
         history = [h for h in self.state.history if h["stage"] == "main"]
         last = history[-1] if history else {}
@@ -378,7 +304,7 @@ class Run:
             "teacher_acc": teacher_acc,
             "wall_time_seconds": wall_time,
             "images_per_second": (sum(h["images_per_second"] for h in history) / len(history)) if history else None,
-            "args": dict(vars(self.opt)),
+            "args": self._recorded_args(),
         }
         self.logger.summary(summary)
         return summary
@@ -386,6 +312,8 @@ class Run:
     def close(self) -> None:
         self.stop.uninstall()
         self.logger.close()
+        if self.lock is not None:
+            self.lock.close()
         destroy_process_group()
 
 

@@ -11,9 +11,10 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch.utils.tensorboard import SummaryWriter
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 
 def _json_safe(value: Any) -> Any:
@@ -38,8 +39,14 @@ class RunLogger:
 
     @property
     def writer(self) -> SummaryWriter:
-        """Created on the first record, so that a run that fails early leaves no folder behind."""
+        """Created on the first record, so that a run that fails early leaves no folder behind.
+
+        TensorBoard is imported here, not with the module, so that ``--help`` and a usage error
+        do not wait for it.
+        """
         if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._writer = SummaryWriter(log_dir=str(self.tensorboard_dir))
         return self._writer

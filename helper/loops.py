@@ -3,6 +3,10 @@
 Nothing here knows a method: a Distiller returns named loss terms and says how much each term
 weighs. Per step the host never waits for the device except when a log line is due (and on
 the CPU, where checking costs nothing, for the NaN guard).
+
+With ``--optimizer dot`` the step backpropagates the task terms and the distillation terms
+separately (:func:`dot_backward_and_step`); with SGD it is one backward pass of the weighted
+sum, exactly as before DOT existed.
 """
 
 from __future__ import annotations
@@ -13,12 +17,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from dataset.batch import Batch
 from helper.distributed import all_reduce_sum
 from helper.logger import Progress
 from helper.meters import AverageMeter, accuracy
+from helper.optim import DistillationOrientedTrainer, is_task_term
 
 
 class NonFiniteLoss(RuntimeError):
@@ -74,6 +81,55 @@ def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
         optimizer.step()
 
 
+def split_weighted_loss(terms: dict[str, torch.Tensor],
+                        weights: dict[str, float]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """DOT's two losses: the weighted task terms (:func:`~helper.optim.is_task_term`) and the weighted rest.
+
+    Either is ``None`` when there is no such term (a teacher run has no distillation terms).
+    """
+    task = {name: value for name, value in terms.items() if is_task_term(name)}
+    distillation = {name: value for name, value in terms.items() if not is_task_term(name)}
+    return (weighted_loss(task, weights) if task else None,
+            weighted_loss(distillation, weights) if distillation else None)
+
+
+def dot_backward_and_step(terms: dict[str, torch.Tensor], weights: dict[str, float],
+                          optimizer: DistillationOrientedTrainer, model: nn.Module) -> torch.Tensor:
+    """DOT's step: the distillation gradient, then the task gradient, then one update; the weighted loss.
+
+    Under torchrun the forward ran without DDP's gradient synchronisation (:func:`_gradient_sync_off`),
+    since DDP synchronises one backward pass per forward; each of the two gradients is averaged
+    over the processes here instead, as DDP would have averaged their sum.
+    """
+    task, distillation = split_weighted_loss(terms, weights)
+    optimizer.zero_grad(set_to_none=True)
+    if distillation is not None:
+        distillation.backward(retain_graph=task is not None)
+        _average_gradients(model, optimizer.params)
+    optimizer.step_kd()
+    optimizer.zero_grad(set_to_none=True)
+    if task is not None:
+        task.backward()
+        _average_gradients(model, optimizer.params)
+    optimizer.step()
+    return sum(loss.detach() for loss in (task, distillation) if loss is not None)
+
+
+def _gradient_sync_off(model: nn.Module) -> contextlib.AbstractContextManager:
+    """DDP's ``no_sync`` for a wrapped model (the forward then prepares no gradient all-reduce)."""
+    return model.no_sync() if isinstance(model, DistributedDataParallel) else contextlib.nullcontext()
+
+
+def _average_gradients(model: nn.Module, parameters: list[nn.Parameter]) -> None:
+    """Replace the parameters' gradients by their mean over the processes (a DDP-wrapped model only)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not isinstance(model, DistributedDataParallel) or not grads:
+        return
+    flat = all_reduce_sum(torch.cat([g.reshape(-1) for g in grads])) / dist.get_world_size()
+    for grad, mean in zip(grads, flat.split([g.numel() for g in grads])):
+        grad.copy_(mean.view_as(grad))
+
+
 def train_one_epoch(
     model: nn.Module,
     weights: dict[str, float],
@@ -106,12 +162,13 @@ def train_one_epoch(
     check_every_step = config.device.type == "cpu"
     progress = Progress(len(loader), f"{label} epoch {epoch}", config.print_freq, config.is_main)
     start, images_seen, stopped_at = time.perf_counter(), 0, None
+    dot = isinstance(optimizer, DistillationOrientedTrainer)
 
     for iteration, batch in enumerate(loader, start=1):
         if iteration <= skip:
             continue
         batch = batch.to(config.device, channels_last=config.channels_last)
-        with config.autocast():
+        with config.autocast(), (_gradient_sync_off(model) if dot else contextlib.nullcontext()):
             prediction, terms = model(batch)
         term_names = list(terms)
         stacked = torch.stack([value.detach().float() for value in terms.values()])
@@ -122,8 +179,11 @@ def train_one_epoch(
         else:
             first_bad = torch.where((first_bad < 0) & ~finite.all(), iteration, first_bad)
 
-        loss = weighted_loss(terms, weights)
-        backward_and_step(loss, optimizer, scaler)
+        if dot:
+            loss = dot_backward_and_step(terms, weights, optimizer, model)
+        else:
+            loss = weighted_loss(terms, weights)
+            backward_and_step(loss, optimizer, scaler)
 
         n = len(batch)
         images_seen += n

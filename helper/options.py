@@ -3,25 +3,23 @@
 Flag names are those of RepDistiller and SimKD, so their sweep scripts run unchanged: both
 ``-r/-a/-b`` and SimKD's ``-c/-d/-b`` spellings, ``--path_t``, ``--gpu_id``, ``--dali``, and
 every long flag also in its hyphenated form (``--path-t``). Every mistake raises
-:class:`~helper.errors.UsageError` with a one-line message; the entry scripts exit with 2.
+:class:`~errors.UsageError` with a one-line message; the entry scripts exit with 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import math
 import sys
 from collections.abc import Sequence
 
 import distiller_zoo
+from dataset.catalog import BAD_IMAGE_CHOICES, DATASETS, LOADERS
 from distiller_zoo.registry import all_arguments
+from errors import UsageError
 from helper.distributed import check_distributed_options
-from helper.errors import UsageError
 from models import model_dict, model_info
-from models.imagenet_resnet import IMAGENET_ALIASES
-
-DATASETS = ("cifar100", "cifar10", "imagenet", "digits")
-NUM_CLASSES = {"cifar100": 100, "cifar10": 10, "imagenet": 1000, "digits": 10}
+from models.registry import IMAGENET_ALIASES
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -40,14 +38,38 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see --help)")
 
     def add_argument(self, *flags: str, **kwargs):  # type: ignore[override]
-        return super().add_argument(*_with_hyphenated(flags), **kwargs)
+        return super().add_argument(*_with_hyphenated(flags), **_finite(kwargs))
 
     def add_argument_group(self, *args, **kwargs):  # type: ignore[override]
         """A group whose flags also get their hyphenated spelling (groups do not call the parser's add_argument)."""
         group = super().add_argument_group(*args, **kwargs)
         add = group.add_argument
-        group.add_argument = lambda *flags, **options: add(*_with_hyphenated(flags), **options)  # type: ignore[method-assign]
+        group.add_argument = lambda *flags, **options: add(*_with_hyphenated(flags), **_finite(options))  # type: ignore[method-assign]
         return group
+
+
+def _finite(options: dict) -> dict:
+    """Every ``type=float`` flag takes finite numbers only."""
+    return {**options, "type": finite_float} if options.get("type") is float else options
+
+
+def finite_float(text: str) -> float:
+    """A float flag's value: any finite number (``nan`` and ``inf`` would only fail later, mid-run)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A loss weight, temperature or rate: a finite number that is not negative."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text!r}")
+    return value
 
 
 def _with_hyphenated(flags: Sequence[str]) -> list[str]:
@@ -65,11 +87,13 @@ def _common_parser(description: str) -> argparse.ArgumentParser:
                            "ImageNet: the folder holding train/ and val/")
     data.add_argument("--batch_size", type=int, default=64, help="per process")
     data.add_argument("--num_workers", type=int, default=8, help="loader workers (capped at the CPU count)")
-    data.add_argument("--loader", default="fast", choices=["fast", "torchvision"],
+    data.add_argument("--loader", default="fast", choices=LOADERS,
                       help="CIFAR/digits: whole-set tensor pipeline (fast) or per-image PIL reference")
     data.add_argument("--dali", default=None, choices=["cpu", "gpu"], help="NVIDIA DALI pipeline for ImageNet")
     data.add_argument("--val_split", type=float, default=0.0,
                       help="hold out this fraction of the training set; the best checkpoint is chosen on it")
+    data.add_argument("--bad_images", default="refuse", choices=BAD_IMAGE_CHOICES,
+                      help="ImageNet folders: refuse to start when files are not readable images, or leave them out")
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, default=240)
@@ -79,6 +103,9 @@ def _common_parser(description: str) -> argparse.ArgumentParser:
     optim.add_argument("--lr_decay_rate", type=float, default=0.1)
     optim.add_argument("--weight_decay", type=float, default=5e-4)
     optim.add_argument("--momentum", type=float, default=0.9)
+    optim.add_argument("--optimizer", default="sgd", choices=["sgd", "dot"],
+                       help="sgd, or dot: DOT's separate task and distillation momenta (--momentum ∓ --dot_delta)")
+    optim.add_argument("--dot_delta", type=float, default=0.075, help="DOT's momentum offset Δ")
 
     run = parser.add_argument_group("run")
     run.add_argument("--trial", default="0", help="experiment id, part of the run folder name")
@@ -125,17 +152,20 @@ def student_parser() -> argparse.ArgumentParser:
     distill = parser.add_argument_group("distillation")
     distill.add_argument("--distill", default=distiller_zoo.registry.DEFAULT_METHOD,
                          help="method: " + " ".join([*distiller_zoo.DISTILLERS, *distiller_zoo.registry.ALIASES]))
-    distill.add_argument("-r", "--gamma", "-c", "--cls", dest="gamma", type=float, default=1.0,
-                         help="weight of cross-entropy with the labels")
-    distill.add_argument("-a", "--alpha", "-d", "--div", dest="alpha", type=float, default=None,
+    distill.add_argument("-r", "--gamma", "-c", "--cls", dest="gamma", type=non_negative_float, default=None,
+                         help="weight of cross-entropy with the labels (default: the method's recommendation)")
+    distill.add_argument("-a", "--alpha", "-d", "--div", dest="alpha", type=non_negative_float, default=None,
                          help="weight of the KD term (default: the method's recommendation)")
-    distill.add_argument("-b", "--beta", dest="beta", type=float, default=None,
+    distill.add_argument("-b", "--beta", dest="beta", type=non_negative_float, default=None,
                          help="weight of the method's own term (default: the method's recommendation)")
-    distill.add_argument("--kd_T", type=float, default=4.0, help="KD temperature")
+    distill.add_argument("--kd_T", type=non_negative_float, default=4.0, help="KD temperature")
 
     methods = parser.add_argument_group("method flags")
     for arg in all_arguments():
-        methods.add_argument(*arg.flags, dest=arg.dest, **arg.options)
+        options = arg.options
+        if options.get("type") is float:  # the methods' float flags are weights, temperatures and rates
+            options = {**options, "type": non_negative_float}
+        methods.add_argument(*arg.flags, dest=arg.dest, **options)
     return parser
 
 
@@ -165,11 +195,10 @@ def resolve_model(name: str, dataset: str, flag: str) -> str:
 
 def _validate_common(opt: argparse.Namespace, model_name: str) -> None:
     for flag in ("batch_size", "epochs", "save_freq", "print_freq"):
-        if getattr(opt, flag) <= 0:
-            raise UsageError(f"--{flag} must be positive, got {getattr(opt, flag)}")
+        if vars(opt)[flag] <= 0:
+            raise UsageError(f"--{flag} must be positive, got {vars(opt)[flag]}")
     if opt.num_workers < 0:
         raise UsageError(f"--num_workers must be 0 or more, got {opt.num_workers}")
-    opt.num_workers = min(opt.num_workers, os.cpu_count() or 1)
     if opt.learning_rate is None:
         opt.learning_rate = 0.01 if model_info[model_name].small_lr and opt.dataset != "imagenet" else 0.05
     if opt.learning_rate <= 0:
@@ -181,7 +210,6 @@ def _validate_common(opt: argparse.Namespace, model_name: str) -> None:
         raise UsageError(f"--val_split must be in [0, 1), got {opt.val_split}")
     if opt.dali is not None and opt.dataset != "imagenet":
         raise UsageError("--dali applies to --dataset imagenet only")
-    opt.num_classes = NUM_CLASSES[opt.dataset]
 
 
 def parse_teacher_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -201,11 +229,12 @@ def parse_student_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     _validate_common(opt, opt.model_s)
     opt.distill = distiller_zoo.canonical_name(opt.distill)
     recommended = distiller_zoo.get(opt.distill).recommended
+    opt.gamma = recommended.gamma if opt.gamma is None else opt.gamma
     opt.alpha = recommended.alpha if opt.alpha is None else opt.alpha
     opt.beta = recommended.beta if opt.beta is None else opt.beta
     for flag in ("feat_dim", "nce_k"):
-        if getattr(opt, flag, 1) <= 0:
-            raise UsageError(f"--{flag} must be positive, got {getattr(opt, flag)}")
+        if vars(opt)[flag] <= 0:
+            raise UsageError(f"--{flag} must be positive, got {vars(opt)[flag]}")
     if opt.kd_T <= 0:
         raise UsageError(f"--kd_T must be positive, got {opt.kd_T}")
     return opt

@@ -1,9 +1,10 @@
-"""Model zoo: CIFAR and ImageNet networks that expose their intermediate features."""
+"""Model zoo: CIFAR and ImageNet networks that expose their intermediate features.
+
+The CIFAR families register on import; the ImageNet ones (which need torchvision) are listed
+by the registry and imported when one of their networks is first built (models/registry.py).
+"""
 
 from models import (  # noqa: F401  (importing a family registers its networks)
-    imagenet_mobilenetv2,
-    imagenet_resnet,
-    imagenet_shufflenetv2,
     mobilenetv2,
     resnet,
     resnetv2,
@@ -12,6 +13,6 @@ from models import (  # noqa: F401  (importing a family registers its networks)
     vgg,
     wrn,
 )
-from models.registry import ModelInfo, model_dict, model_info, register_model
+from models.registry import IMAGENET_ALIASES, ModelInfo, model_dict, model_info, register_model
 
-__all__ = ["ModelInfo", "model_dict", "model_info", "register_model"]
+__all__ = ["IMAGENET_ALIASES", "ModelInfo", "model_dict", "model_info", "register_model"]

@@ -38,6 +38,16 @@ class FeatureNet(nn.Module):
         """
         raise NotImplementedError
 
+    def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """The BatchNorm whose output is the last term of each stage's pre-activation tap.
+
+        One per stage map of the feature list (``features[1:-1]``), in order. OFD (Heo et al.,
+        ICCV 2019) reads the teacher's BN scale and shift to derive its margins. A network whose
+        pre-activation taps do not end in one BN (e.g. ShuffleNetV2, whose tap concatenates an
+        un-normalised half) does not override this, as in mdistiller, and cannot be OFD's teacher.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no BatchNorm right before each stage's activation")
+
     def forward(
         self, x: Tensor, is_feat: bool = False, preact: bool = False
     ) -> Tensor | tuple[list[Tensor], Tensor]:

@@ -11,7 +11,8 @@ torchvision's builder refuses wide basic blocks, hence this class.
 Name collision (METHODS.md §2.3 and §5 item 25): upstream SimKD registers the ImageNet ResNet-50
 as ``ResNet50``, but in this repository ``ResNet50`` is RepDistiller's CIFAR bottleneck network
 (3×3 stem, classifier ``linear``), whose released teachers must keep loading. The ImageNet one
-is therefore registered as ``ResNet50_Imagenet``, and :data:`IMAGENET_ALIASES` lets the options
+is therefore registered as ``ResNet50_Imagenet``, and :data:`IMAGENET_ALIASES` (defined in
+models/registry.py, which the options layer reads without importing torchvision) lets the options
 layer translate the upstream name when ``--dataset imagenet`` is given. Only the registry name
 differs; the keys are torchvision's, so upstream ImageNet ResNet-50 checkpoints still load.
 """
@@ -24,10 +25,8 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from models.blocks import init_conv_bn_
 from models.feature_net import FeatureNet
+from models.registry import IMAGENET_ALIASES as IMAGENET_ALIASES
 from models.registry import register_model
-
-# Upstream ImageNet registry name -> our registry name, for names taken by a CIFAR network.
-IMAGENET_ALIASES: dict[str, str] = {"ResNet50": "ResNet50_Imagenet"}
 
 Block = type[BasicBlock] | type[Bottleneck]
 

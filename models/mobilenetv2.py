@@ -94,6 +94,14 @@ class MobileNetV2(FeatureNet):
     def get_feat_modules(self) -> nn.ModuleList:
         return nn.ModuleList([self.conv1, self.blocks])
 
+    def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """The projection BN of the last block behind ``f1..f4`` (stages 1, 2, 4, 6), as mdistiller.
+
+        These stage outputs are linear (plus the block's input where it has a residual); there is
+        no ReLU to precede, so OFD's margin is an approximation here, as upstream.
+        """
+        return [self.blocks[index][-1].conv[-1] for index in (1, 2, 4, 6)]
+
 
 @register_model("MobileNetV2", "cifar", small_lr=True)
 def mobilenetv2_half(num_classes: int = 100) -> MobileNetV2:

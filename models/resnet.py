@@ -87,6 +87,10 @@ class ResNet(FeatureNet):
     def get_feat_modules(self) -> nn.ModuleList:
         return nn.ModuleList([self.conv1, self.bn1, self.relu, self.layer1, self.layer2, self.layer3])
 
+    def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """Each stage's last ``bn2``: its output plus the shortcut is the pre-ReLU tap."""
+        return [stage[-1].bn2 for stage in (self.layer1, self.layer2, self.layer3)]
+
 
 # Widths [stem, stage1, stage2, stage3].
 _THIN = (16, 16, 32, 64)

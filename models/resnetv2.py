@@ -83,6 +83,10 @@ class BottleneckResNet(FeatureNet):
     def get_feat_modules(self) -> nn.ModuleList:
         return nn.ModuleList([self.conv1, self.bn1, self.layer1, self.layer2, self.layer3, self.layer4])
 
+    def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """Each stage's last ``bn3``: its output plus the shortcut is the pre-ReLU tap."""
+        return [stage[-1].bn3 for stage in (self.layer1, self.layer2, self.layer3, self.layer4)]
+
 
 @register_model("ResNet50", "cifar")
 def ResNet50(num_classes: int = 100) -> BottleneckResNet:

@@ -101,6 +101,14 @@ class ShuffleNetV1(FeatureNet):
     def get_feat_modules(self) -> nn.ModuleList:
         return nn.ModuleList([self.conv1, self.bn1, self.layer1, self.layer2, self.layer3])
 
+    def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """Each stage's last ``bn3``: its output plus the input is the pre-ReLU tap.
+
+        mdistiller refuses ShuffleNet teachers for OFD; the last unit of a stage has stride 1,
+        so its tap has the same form as a ResNet block's and the BN is well defined.
+        """
+        return [stage[-1].bn3 for stage in (self.layer1, self.layer2, self.layer3)]
+
 
 @register_model("ShuffleV1", "cifar", small_lr=True)
 def ShuffleV1(num_classes: int = 100) -> ShuffleNetV1:

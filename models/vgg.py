@@ -85,6 +85,10 @@ class VGG(FeatureNet):
         return nn.ModuleList([self.block0, self.pool0, self.block1, self.pool1, self.block2, self.pool2,
                               self.block3, self.pool3, self.block4, self.pool4])
 
+    def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """The BN that ends blocks 1–4 (its output is the pre-ReLU tap)."""
+        return [block[-1] for block in (self.block1, self.block2, self.block3, self.block4)]
+
 
 @register_model("vgg8", "cifar")
 def vgg8(num_classes: int = 100) -> VGG:

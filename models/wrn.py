@@ -113,6 +113,10 @@ class WideResNet(FeatureNet):
     def get_feat_modules(self) -> nn.ModuleList:
         return nn.ModuleList([self.conv1, self.block1, self.block2, self.block3])
 
+    def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """The BNs that follow each stage (``preact=True`` returns exactly their outputs)."""
+        return [self.block2.layer[0].bn1, self.block3.layer[0].bn1, self.bn1]
+
 
 @register_model("wrn_16_1", "cifar")
 def wrn_16_1(num_classes: int = 100) -> WideResNet:

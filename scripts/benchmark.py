@@ -69,25 +69,26 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import distiller_zoo
+from dataset.batch import Batch
+from dataset.bundle import EpochLoader
+from dataset.catalog import LOADERS
+from errors import UsageError
+from helper.components import build_components
+from helper.distributed import ProcessInfo
+from helper.driver import AMP_DTYPES, select_device
+from helper.loops import StepConfig, backward_and_step, train_one_epoch
+from helper.optim import make_sgd
+from helper.options import parse_student_args, resolve_model
+from helper.seeding import seed_everything
+from models import model_dict
+from scripts.markdown_tables import markdown_table
 
-import dataset  # noqa: E402
-import distiller_zoo  # noqa: E402
-from dataset.batch import Batch  # noqa: E402
-from dataset.build import EpochLoader  # noqa: E402
-from helper.driver import AMP_DTYPES, prepare_distiller, select_device  # noqa: E402
-from helper.errors import UsageError  # noqa: E402
-from helper.loops import StepConfig, backward_and_step, train_one_epoch  # noqa: E402
-from helper.optim import make_sgd  # noqa: E402
-from helper.options import parse_student_args, resolve_model  # noqa: E402
-from helper.seeding import seed_everything  # noqa: E402
-from models import model_dict  # noqa: E402
+CIFAR100_CLASSES = 100
 
 CIFAR100_TRAIN_IMAGES = 50_000
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -265,9 +266,7 @@ def student_options(args: argparse.Namespace, extras: Sequence[str], method: str
         argv.append("--channels_last")
     if variant.compile:
         argv.append("--compile")
-    opt = parse_student_args(argv)
-    opt.model_t = resolve_model(args.teacher, opt.dataset, "--teacher")
-    return opt
+    return parse_student_args(argv)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -323,14 +322,11 @@ def measure_step(args: argparse.Namespace, extras: Sequence[str], job: Job, data
     opt = student_options(args, extras, job.method, job.loader, variant, data_root)
     device = select_device(opt.device)
     seed_everything(opt.seed, deterministic=False)
-    needs = distiller_zoo.get(opt.distill).data_needs(opt)
-    data = dataset.build(opt, needs, device)
-    opt.image_size, opt.n_data = data.image_size, data.num_train
-    teacher = model_dict[opt.model_t](num_classes=opt.num_classes)
-    student = model_dict[opt.model_s](num_classes=opt.num_classes)
-    distiller = distiller_zoo.build(opt, student, teacher)
-    prepare_distiller(distiller, opt, device)
-    optimizer = make_sgd(distiller.main_parameters(), opt)
+    teacher_arch = resolve_model(args.teacher, opt.dataset, "--teacher")
+    components = build_components(opt, device, ProcessInfo(), lambda classes: model_dict[teacher_arch](
+        num_classes=classes), teacher_arch)
+    data, distiller = components.data, components.task
+    optimizer = make_sgd(distiller.main_parameters(), opt.learning_rate, opt.momentum, opt.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if variant.amp == "fp16" else None
     config = StepConfig(device, AMP_DTYPES[variant.amp], variant.channels_last, print_freq=10**9, is_main=False)
     stream = BatchStream(data.train)
@@ -349,19 +345,20 @@ def measure_floor(args: argparse.Namespace, extras: Sequence[str], job: Job, dat
     opt = student_options(args, extras, args.baseline, "fast", variant, data_root)
     device = select_device(opt.device)
     seed_everything(opt.seed, deterministic=False)
-    teacher = model_dict[opt.model_t](num_classes=opt.num_classes).requires_grad_(False).eval()
-    student = model_dict[opt.model_s](num_classes=opt.num_classes).train()
+    teacher_arch = resolve_model(args.teacher, opt.dataset, "--teacher")
+    teacher = model_dict[teacher_arch](num_classes=CIFAR100_CLASSES).requires_grad_(False).eval()
+    student = model_dict[opt.model_s](num_classes=CIFAR100_CLASSES).train()
     for network in (teacher, student):
         _place(network, device, variant)
         if variant.compile:
             network.compile()
-    optimizer = make_sgd(list(student.parameters()), opt)
+    optimizer = make_sgd(list(student.parameters()), opt.learning_rate, opt.momentum, opt.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if variant.amp == "fp16" else None
     config = StepConfig(device, AMP_DTYPES[variant.amp], variant.channels_last)
     images = torch.randn(opt.batch_size, 3, 32, 32, device=device)
     if variant.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    targets = torch.randint(0, opt.num_classes, (opt.batch_size,), device=device)
+    targets = torch.randint(0, CIFAR100_CLASSES, (opt.batch_size,), device=device)
 
     def run(steps: int) -> None:
         for _ in range(steps):
@@ -462,11 +459,6 @@ def _number(value: float | None, digits: int) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)])
-
-
 def _cells(record: dict[str, Any]) -> list[str]:
     if record["error"] is not None:
         return [f"error: {record['error']}", "", "", ""]
@@ -496,7 +488,8 @@ def markdown(report: dict[str, Any]) -> str:
     floor_header += [f"speed-up vs {first}"] if several else []
     floor_rows = [[f["variant"], *_cells(f), *([_number(f["speedup"], 2)] if several else [])]
                   for f in report["floors"]]
-    lines += [_table(floor_header, floor_rows), "", "Training step (train_one_epoch, real loader and Distiller):", ""]
+    lines += [markdown_table(floor_header, floor_rows), "",
+              "Training step (train_one_epoch, real loader and Distiller):", ""]
     show_baseline = any(r["baseline_ratio"] is not None for r in report["results"])
     header = ["method", "loader", "variant", "img/s", "ms/step", "s/epoch", "peak MiB", "× floor"]
     header += [f"× {baseline}"] if show_baseline else []
@@ -507,7 +500,7 @@ def markdown(report: dict[str, Any]) -> str:
         row += [_number(r["baseline_ratio"], 2)] if show_baseline else []
         row += [_number(r["speedup"], 2)] if several else []
         rows.append(row)
-    lines.append(_table(header, rows))
+    lines.append(markdown_table(header, rows))
     return "\n".join(lines)
 
 
@@ -533,10 +526,10 @@ def plan(args: argparse.Namespace) -> tuple[list[Variant], list[str], list[str]]
     else:
         methods = list(dict.fromkeys(distiller_zoo.canonical_name(m) for m in _split(args.methods)))
     loaders = list(dict.fromkeys(_split(args.loader)))
-    unknown = [name for name in loaders if name not in dataset.LOADERS]
+    unknown = [name for name in loaders if name not in LOADERS]
     if not methods or not loaders or unknown:
         raise UsageError(f"--methods and --loader must name at least one method and one of "
-                         f"{', '.join(dataset.LOADERS)} (got {args.methods!r}, {args.loader!r})")
+                         f"{', '.join(LOADERS)} (got {args.methods!r}, {args.loader!r})")
     for name, value in (("batch_size", args.batch_size), ("steps", args.steps), ("repeats", args.repeats),
                         ("num_images", args.num_images)):
         if value < 1:

@@ -19,11 +19,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
-import sweep
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from results import GroupKey, Run, group_runs, load_runs
+
+from helper.run_names import DISTILLED, VANILLA
+from scripts.results import GroupKey, Run, group_runs, load_runs
+from scripts.table_rows import STUDENT_ROW, TEACHER_ROW, row_label, row_order
 
 PANELS = (("test_acc", "test top-1 accuracy (%)"), ("test_loss", "test loss"))
 
@@ -43,6 +46,25 @@ def curve(runs: Sequence[Run], field: str, band: str) -> tuple[list[int], list[f
     return epochs, means, [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs]
 
 
+def draw_curve(axis: Axes, runs: Sequence[Run], field: str, band: str, colour: str | tuple[float, ...], dashed: bool,
+               label: str) -> None:
+    """One line of a panel: the mean of ``field`` over ``runs`` and its band over the trials.
+
+    A line needs two epochs to show, so a curve of one epoch (a one-epoch run) is drawn as a
+    marker, and its band, which then has no area, as a vertical bar.
+    """
+    epochs, mean, low, high = curve(runs, field, band)
+    if not epochs:
+        return
+    single = len(epochs) == 1
+    axis.plot(epochs, mean, color=colour, linestyle="--" if dashed else "-", linewidth=1.2,
+              marker="o" if single else None, markersize=5, label=f"{label} (n={len(runs)})")
+    if len(runs) > 1 and single:
+        axis.vlines(epochs, low, high, color=colour, alpha=0.4, linewidth=3)
+    elif len(runs) > 1:
+        axis.fill_between(epochs, low, high, color=colour, alpha=0.15, linewidth=0)
+
+
 def plot_lines(lines: Sequence[tuple[str, Sequence[Run], bool]], title: str, band: str) -> Figure:
     """A figure of accuracy and loss panels; ``lines`` are ``(label, runs, dashed)``."""
     figure = Figure(figsize=(13, 4.8))
@@ -51,18 +73,15 @@ def plot_lines(lines: Sequence[tuple[str, Sequence[Run], bool]], title: str, ban
     colours = matplotlib.colormaps["tab20"]
     for index, (label, runs, dashed) in enumerate(lines):
         # tab20 pairs a dark and a light shade: take the dark ones first, so neighbours differ
-        colour = "black" if dashed and label == sweep.TEACHER_ROW else "grey" if dashed else colours(
+        colour = "black" if dashed and label == TEACHER_ROW else "grey" if dashed else colours(
             (2 * index) % 20 + (index // 10) % 2)
         for axis, (field, _) in zip(axes[0], PANELS):
-            epochs, mean, low, high = curve(runs, field, band)
-            if not epochs:
-                continue
-            axis.plot(epochs, mean, color=colour, linestyle="--" if dashed else "-", linewidth=1.2,
-                      label=f"{label} (n={len(runs)})")
-            if len(runs) > 1:
-                axis.fill_between(epochs, low, high, color=colour, alpha=0.15, linewidth=0)
+            draw_curve(axis, runs, field, band, colour, dashed, label)
     for axis, (_, name) in zip(axes[0], PANELS):
         axis.set_xlabel("epoch")
+        low, high = axis.get_xlim()
+        if high - low < 2:  # one epoch: widen the axis to whole epochs, or it is labelled in fractions
+            axis.set_xlim((low + high) / 2 - 1, (low + high) / 2 + 1)
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_ylabel(name)
         axis.grid(alpha=0.3)
@@ -78,12 +97,12 @@ def plot_lines(lines: Sequence[tuple[str, Sequence[Run], bool]], title: str, ban
 def pair_lines(groups: dict[GroupKey, list[Run]], dataset: str, teacher: str,
                student: str) -> list[tuple[str, list[Run], bool]]:
     """The lines of one pair's figure: every method row, then the plain student and the teacher."""
-    methods = [(sweep.row_label(key.method, key.weights), runs, False) for key, runs in groups.items()
-               if key.kind == "distilled" and (key.dataset, key.teacher, key.model) == (dataset, teacher, student)]
-    methods.sort(key=lambda line: sweep.row_order(line[0]))
-    references = [(label, runs, True) for label, model in ((sweep.STUDENT_ROW, student), (sweep.TEACHER_ROW, teacher))
+    methods = [(row_label(key.method, key.weights), runs, False) for key, runs in groups.items()
+               if key.kind == DISTILLED and (key.dataset, key.teacher, key.model) == (dataset, teacher, student)]
+    methods.sort(key=lambda line: row_order(line[0]))
+    references = [(label, runs, True) for label, model in ((STUDENT_ROW, student), (TEACHER_ROW, teacher))
                   for key, runs in groups.items()
-                  if key.kind == "vanilla" and (key.dataset, key.model) == (dataset, model)]
+                  if key.kind == VANILLA and (key.dataset, key.model) == (dataset, model)]
     return [*methods, *references]
 
 
@@ -92,14 +111,14 @@ def plot_all(save_dir: Path, out: Path, band: str = "minmax") -> list[Path]:
     groups = group_runs(load_runs(save_dir))
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    pairs = sorted({(key.dataset, key.teacher, key.model) for key in groups if key.kind == "distilled"})
+    pairs = sorted({(key.dataset, key.teacher, key.model) for key in groups if key.kind == DISTILLED})
     for dataset, teacher, student in pairs:
         figure = plot_lines(pair_lines(groups, dataset, teacher, student), f"{dataset}: {teacher}→{student}", band)
         written.append(out / f"{dataset}_{teacher}_to_{student}.png")
         figure.savefig(written[-1], dpi=120, bbox_inches="tight")
-    for dataset in sorted({key.dataset for key in groups if key.kind == "vanilla"}):
+    for dataset in sorted({key.dataset for key in groups if key.kind == VANILLA}):
         lines = [(key.model, runs, False) for key, runs in sorted(groups.items(), key=lambda item: item[0].model)
-                 if key.kind == "vanilla" and key.dataset == dataset]
+                 if key.kind == VANILLA and key.dataset == dataset]
         figure = plot_lines(lines, f"{dataset}: networks trained alone", band)
         written.append(out / f"{dataset}_vanilla.png")
         figure.savefig(written[-1], dpi=120, bbox_inches="tight")

@@ -113,6 +113,7 @@ CROSS_ARCHITECTURE = PublishedTable(
 )
 
 TABLES = (SAME_ARCHITECTURE, CROSS_ARCHITECTURE)
+STANDARD_PAIRS: tuple[Pair, ...] = tuple(pair for table in TABLES for pair in table.pairs)  # every column, in order
 DATASET = "cifar100"  # every number above is CIFAR-100 top-1
 
 

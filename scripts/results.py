@@ -2,9 +2,10 @@
 
 Shared by ``summarize.py`` (tables) and ``plot_curves.py`` (curves). A run folder is any folder
 under the given root that holds a ``summary.json``, a ``metrics.jsonl`` or a ``latest.pth`` and is
-named as train_teacher.py or train_student.py name their folders (CLI.md); TensorBoard folders,
-which carry the same names, hold none of those files. What a run was is read from the arguments
-its ``summary.json`` records, else from its folder name (an unfinished run has no summary).
+named as train_teacher.py or train_student.py name their folders (:mod:`helper.run_names`);
+TensorBoard folders, which carry the same names, hold none of those files. What a run was is read
+from the arguments its ``summary.json`` records, else from its folder name (an unfinished run has
+no summary).
 """
 
 from __future__ import annotations
@@ -13,26 +14,22 @@ import contextlib
 import json
 import math
 import os
-import re
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from helper.run_names import DISTILLED, ROOTS, VANILLA, parse_run_name
+
 RUN_FILES = ("summary.json", "metrics.jsonl", "latest.pth")
-TEACHER_NAME = re.compile(r"^(?P<model>.+)_vanilla_(?P<dataset>[^_]+)_trial_(?P<trial>.+)$")
-STUDENT_NAME = re.compile(
-    r"^S[:~](?P<model>.+?)_T[:~](?P<teacher>.+?)_(?P<dataset>[^_]+)_(?P<method>[^_]+)"
-    r"_r[:~](?P<gamma>[^_]+)_a[:~](?P<alpha>[^_]+)_b[:~](?P<beta>[^_]+)_(?P<trial>.+)$"
-)
 METRICS = {"last": "last_acc", "best": "best_acc"}  # --metric → the summary.json field
 
 
 class GroupKey(NamedTuple):
     """What the trials of one experiment share; runs with equal keys are averaged together."""
 
-    kind: str  # "vanilla" (train_teacher.py: cross-entropy only) or "distilled" (train_student.py)
+    kind: str  # VANILLA (train_teacher.py: cross-entropy only) or DISTILLED (train_student.py)
     dataset: str
     model: str  # the network the run trained
     teacher: str | None
@@ -89,27 +86,19 @@ def _key_from_args(args: dict[str, Any]) -> tuple[GroupKey, str] | None:
     try:
         if "model_s" in args:
             weights = (float(args["gamma"]), float(args["alpha"]), float(args["beta"]))
-            key = GroupKey("distilled", args["dataset"], args["model_s"], args["model_t"], args["distill"], weights)
+            key = GroupKey(DISTILLED, args["dataset"], args["model_s"], args["model_t"], args["distill"], weights)
         else:
-            key = GroupKey("vanilla", args["dataset"], args["model"], None, None, None)
+            key = GroupKey(VANILLA, args["dataset"], args["model"], None, None, None)
     except (KeyError, TypeError, ValueError):
         return None
     return key, str(args.get("trial", ""))
 
 
 def _key_from_name(name: str) -> tuple[GroupKey, str] | None:
-    match = STUDENT_NAME.match(name)
-    if match:
-        try:
-            weights = (float(match["gamma"]), float(match["alpha"]), float(match["beta"]))
-        except ValueError:
-            return None
-        key = GroupKey("distilled", match["dataset"], match["model"], match["teacher"], match["method"], weights)
-        return key, match["trial"]
-    match = TEACHER_NAME.match(name)
-    if match:
-        return GroupKey("vanilla", match["dataset"], match["model"], None, None, None), match["trial"]
-    return None
+    run = parse_run_name(name)
+    if run is None:
+        return None
+    return GroupKey(run.kind, run.dataset, run.model, run.teacher, run.method, run.weights), run.trial
 
 
 def read_run(path: Path) -> Run | None:
@@ -140,13 +129,13 @@ def find_runs(root: str | Path) -> list[Run]:
 
 
 def load_runs(save_dir: Path) -> list[Run]:
-    """Every run under ``save_dir``; given ``save/students`` (as CLI.md does), ``save/teachers`` too.
+    """Every run under ``save_dir``; given ``save/students``, ``save/teachers`` beside it too (and the reverse).
 
     The tables and figures need the teachers' and plain students' runs beside the distilled
-    ones, and CLI.md's example points at the students' folder.
+    ones, and it is natural to point them at the students' folder.
     """
     folders = [save_dir]
-    sibling = {"students": "teachers", "teachers": "students"}.get(save_dir.name)
+    sibling = {ROOTS[DISTILLED]: ROOTS[VANILLA], ROOTS[VANILLA]: ROOTS[DISTILLED]}.get(save_dir.name)
     if sibling and (save_dir.parent / sibling).is_dir():
         folders.append(save_dir.parent / sibling)
     return [run for folder in folders for run in find_runs(folder)]

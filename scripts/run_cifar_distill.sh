@@ -16,7 +16,9 @@
 #   PAIRS          comma list of teacher:student; a non-standard pair runs as given (default: the standard pairs)
 #   METHODS        comma list of methods (names or aliases; crd+kd, rrd+kd, dcd+kd for the +KD rows)
 #   TRIALS         trials per run, numbered 1..TRIALS, seed = trial   (default 3)
-#   EXTRA_ARGS     appended to every command, e.g. "--epochs 1 --nce_k 4096"
+#   EXTRA_ARGS     appended to every command, e.g. "--epochs 1 --nce_k 4096"; flags the sweep sets itself
+#                  (--trial, --seed, --distill, -r/-a/-b, --model_s, --model_t, --path_t, --dataset,
+#                  --data_root, --save_dir, --resume, --gpu_id with GPUS) are refused: use the variables above
 #   DRY_RUN=1      print the commands, run nothing
 #   PYTHON         the interpreter                                    (default python)
 # Runs whose summary.json says "finished": true are skipped and every run resumes from its own

@@ -10,7 +10,9 @@
 #   GPUS        passed as --gpu_id                                    (default: all visible)
 #   PAIRS       comma list of teacher:student; trains only their networks (default: the standard pairs)
 #   TRIALS      trials per network, numbered 1..TRIALS, seed = trial  (default 3)
-#   EXTRA_ARGS  appended to every command, e.g. "--epochs 1"; flags only train_student.py knows are dropped
+#   EXTRA_ARGS  appended to every command, e.g. "--epochs 1"; flags only train_student.py knows are dropped,
+#               and flags the sweeps set themselves (--trial, --seed, --model, --distill, -r/-a/-b, --dataset,
+#               --data_root, --save_dir, --resume, --gpu_id with GPUS) are refused: use the variables above
 #   DRY_RUN=1   print the commands, run nothing
 #   PYTHON      the interpreter                                       (default python)
 # Runs whose summary.json says "finished": true are skipped and every run resumes from its own

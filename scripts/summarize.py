@@ -8,11 +8,14 @@
 The paper layout has a column per teacher→student pair and a row per method; the rows
 "teacher" and "student (vanilla)" come from the train_teacher.py runs of the pair's two
 networks. On CIFAR-100 the standard pairs are split into the papers' same- and
-cross-architecture tables; any other pair goes into a third table. Each cell is
-``mean ± sample std (n)`` over the finished trials (no std for one trial). Runs that have not
-finished are listed under the table and never averaged in. The Markdown is printed and written,
-with a CSV of the same table, to ``--out`` (default: the save folder) as ``table_<metric>.md`` and
-``.csv`` (``runs_<metric>.*`` with ``--runs``).
+cross-architecture tables; any other pair goes into a third table. Every finished experiment
+that no such table shows (a network trained alone that is in no pair, a run whose accuracy is
+not a number) is listed below them, one row per experiment, so that no finished run goes
+unseen. Each cell is ``mean ± sample std (n)`` over the finished trials (no std for one trial).
+Runs that have not finished are listed at the end and never averaged in. The Markdown is printed
+and written, with a CSV of the same tables, to ``--out`` (default: the save folder) as
+``table_<metric>.md`` and ``.csv`` (the experiments outside the tables in
+``table_<metric>_other.csv``; ``runs_<metric>.*`` with ``--runs``).
 """
 
 from __future__ import annotations
@@ -20,13 +23,15 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import published
-import sweep
-from results import GroupKey, Run, Stats, group_runs, load_runs, stats
+from helper.run_names import DISTILLED, VANILLA
+from scripts import published
+from scripts.markdown_tables import markdown_table
+from scripts.results import GroupKey, Run, Stats, group_runs, load_runs, stats
+from scripts.table_rows import STUDENT_ROW, TEACHER_ROW, row_label, row_order
 
 EMPTY = "—"
 
@@ -38,7 +43,7 @@ def arrow(pair: published.Pair) -> str:
 
 def label_of(key: GroupKey) -> str:
     """The table row of an experiment: its method row ("KD", "CRD+KD"), or ``vanilla``."""
-    return "vanilla" if key.method is None else sweep.row_label(key.method, key.weights)
+    return "vanilla" if key.method is None else row_label(key.method, key.weights)
 
 
 def cell(runs: Sequence[Run], metric: str) -> Stats | None:
@@ -54,40 +59,57 @@ class Table:
     dataset: str
     pairs: list[published.Pair]
     rows: dict[str, dict[published.Pair, Stats]]
+    keys: frozenset[GroupKey]  # the experiments whose cells it shows
 
     def published(self, label: str, pair: published.Pair) -> tuple[float, str] | None:
         return published.published(label, pair) if self.dataset == published.DATASET else None
 
 
+def _sections(dataset: str, keys: Iterable[GroupKey]) -> list[tuple[str, list[published.Pair]]]:
+    """The tables of one data set, as (title, pair columns): the papers' tables, then the other pairs."""
+    sections = [(table.title, list(table.pairs)) for table in published.TABLES if dataset == published.DATASET]
+    standard = {pair for _, pairs in sections for pair in pairs}
+    distilled = {(key.teacher, key.model) for key in keys if key.dataset == dataset and key.kind == DISTILLED}
+    return [*sections, ("Other pairs" if sections else "Pairs", sorted(distilled - standard))]
+
+
+def _column(pair: published.Pair, dataset: str, keys: Iterable[GroupKey]) -> dict[str, GroupKey]:
+    """The experiments of one pair's column, by row label: its two networks alone, then its methods."""
+    teacher, student = pair
+    column: dict[str, GroupKey] = {}
+    for key in keys:
+        if key.dataset == dataset and key.kind == VANILLA:
+            column.update({label: key for label, model in ((TEACHER_ROW, teacher), (STUDENT_ROW, student))
+                           if key.model == model})
+    column.update({label_of(key): key for key in keys
+                   if key.dataset == dataset and key.kind == DISTILLED and (key.teacher, key.model) == pair})
+    return column
+
+
+def _pair_table(title: str, dataset: str, pairs: Sequence[published.Pair],
+                cells: dict[GroupKey, Stats]) -> Table | None:
+    """The table of ``pairs`` (those with a run of their own; a teacher's runs alone do not count), or None."""
+    columns = {pair: _column(pair, dataset, cells) for pair in pairs}
+    shown = [pair for pair in pairs if set(columns[pair]) - {TEACHER_ROW}]
+    if not shown:
+        return None
+    rows: dict[str, dict[published.Pair, Stats]] = {}
+    for pair in shown:
+        for label, key in columns[pair].items():
+            rows.setdefault(label, {})[pair] = cells[key]
+    ordered = dict(sorted(rows.items(), key=lambda item: row_order(item[0])))
+    return Table(title, dataset, shown, ordered, frozenset(key for pair in shown for key in columns[pair].values()))
+
+
 def paper_tables(runs: Sequence[Run], metric: str) -> list[Table]:
     """The tables of :func:`main`: per data set, the papers' pair groups, then the other pairs."""
-    groups = group_runs(runs)
+    cells = {key: value for key, members in group_runs(runs).items() if (value := cell(members, metric)) is not None}
     tables = []
-    for dataset in sorted({key.dataset for key in groups}):
-        vanilla = {key.model: cell(members, metric) for key, members in groups.items()
-                   if key.dataset == dataset and key.kind == "vanilla"}
-        distilled: dict[published.Pair, dict[str, Stats | None]] = {}
-        for key, members in groups.items():
-            if key.dataset == dataset and key.kind == "distilled":
-                distilled.setdefault((key.teacher, key.model), {})[label_of(key)] = cell(members, metric)
-        sections = [(table.title, list(table.pairs)) for table in published.TABLES
-                    if dataset == published.DATASET]
-        standard = {pair for _, pairs in sections for pair in pairs}
-        sections.append(("Other pairs" if sections else "Pairs", sorted(set(distilled) - standard)))
-        for title, pairs in sections:
-            rows: dict[str, dict[published.Pair, Stats]] = {}
-            for pair in pairs:
-                column = {sweep.TEACHER_ROW: vanilla.get(pair[0]), sweep.STUDENT_ROW: vanilla.get(pair[1]),
-                          **distilled.get(pair, {})}
-                for label, value in column.items():
-                    if value is not None:
-                        rows.setdefault(label, {})[pair] = value
-            # a pair is shown once it has a run of its own: its teacher's runs alone do not count
-            shown = [pair for pair in pairs if any(pair in cells for label, cells in rows.items()
-                                                   if label != sweep.TEACHER_ROW)]
-            if shown:
-                ordered = dict(sorted(rows.items(), key=lambda item: sweep.row_order(item[0])))
-                tables.append(Table(title, dataset, shown, ordered))
+    for dataset in sorted({key.dataset for key in cells}):
+        for title, pairs in _sections(dataset, cells):
+            table = _pair_table(title, dataset, pairs, cells)
+            if table is not None:
+                tables.append(table)
     return tables
 
 
@@ -101,11 +123,6 @@ def metric_title(runs: Sequence[Run], metric: str) -> str:
     if selections == {"test_acc"}:
         return "best epoch, selected on test accuracy (optimistic: the test set chose the epoch)"
     return "best epoch, selected on validation accuracy where --val_split was used, else on test accuracy"
-
-
-def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |",
-            *("| " + " | ".join(row) + " |" for row in rows)]
 
 
 def _compared(table: Table, label: str, pair: published.Pair, value: Stats | None) -> str:
@@ -134,9 +151,9 @@ def render_tables(tables: Sequence[Table], title: str, compare: bool) -> str:
                 sources = {reference[1] for pair in table.pairs if (reference := table.published(label, pair))}
                 row.append(", ".join(sorted(sources)) or EMPTY)
             body.append(row)
-        lines += [*_markdown_table(header, body), ""]
+        lines += [markdown_table(header, body), ""]
     if compare:
-        lines += ["Published numbers (METHODS.md §4): "
+        lines += ["Published numbers: "
                   + "; ".join(f"{tag} = {source}" for tag, source in published.SOURCES.items()), ""]
     return "\n".join(lines)
 
@@ -182,12 +199,12 @@ class RunRow:
 def run_rows(runs: Sequence[Run], metric: str) -> list[RunRow]:
     """One :class:`RunRow` per experiment: vanilla runs first (teachers before students), then distilled."""
     groups = group_runs(runs)
-    teachers = {key.teacher for key in groups if key.kind == "distilled"}
+    teachers = {key.teacher for key in groups if key.kind == DISTILLED}
 
     def order(key: GroupKey) -> tuple:
-        if key.kind == "vanilla":
+        if key.kind == VANILLA:
             return (0, key.dataset, key.model not in teachers, key.model)
-        return (1, key.dataset, key.teacher, key.model, sweep.row_order(label_of(key)))
+        return (1, key.dataset, key.teacher, key.model, row_order(label_of(key)))
 
     return [RunRow(key, label_of(key), cell(groups[key], metric),
                    stats(run.wall_time_seconds / 3600 for run in groups[key]
@@ -195,10 +212,27 @@ def run_rows(runs: Sequence[Run], metric: str) -> list[RunRow]:
             for key in sorted(groups, key=order)]
 
 
+RUN_HEADER = ["kind", "dataset", "model", "teacher", "method", "weights (r/a/b)", "top-1 (%)", "hours per run"]
+
+
 def render_runs(rows: Sequence[RunRow], title: str) -> str:
     """The flat ``--runs`` table as Markdown."""
-    header = ["kind", "dataset", "model", "teacher", "method", "weights (r/a/b)", "top-1 (%)", "hours per run"]
-    return "\n".join([f"# {title}", "", *_markdown_table(header, [row.cells() for row in rows]), ""])
+    return "\n".join([f"# {title}", "", markdown_table(RUN_HEADER, [row.cells() for row in rows]), ""])
+
+
+def other_rows(runs: Sequence[Run], tables: Sequence[Table], metric: str) -> list[RunRow]:
+    """The experiments with a finished run that none of ``tables`` shows, as ``--runs`` rows."""
+    shown = frozenset().union(*(table.keys for table in tables))
+    finished = {run.key for run in runs if run.finished}
+    return [row for row in run_rows(runs, metric) if row.key in finished and row.key not in shown]
+
+
+def render_others(rows: Sequence[RunRow]) -> str:
+    """The experiments outside the paper tables, as a Markdown section ("" when there are none)."""
+    if not rows:
+        return ""
+    return "\n".join(["## Finished runs outside the tables above", "",
+                      markdown_table(RUN_HEADER, [row.cells() for row in rows]), ""])
 
 
 def write_runs_csv(rows: Sequence[RunRow], path: Path) -> None:
@@ -215,6 +249,35 @@ def write_runs_csv(rows: Sequence[RunRow], path: Path) -> None:
             hours = f"{row.hours.mean:.4f}" if row.hours else ""
             writer.writerow([key.kind, key.dataset, key.model, key.teacher or "", row.label if key.method else "",
                              *weights, *numbers, hours])
+
+
+def runs_report(runs: Sequence[Run], metric: str, title: str, stem: Path) -> tuple[str, list[Path]]:
+    """The ``--runs`` table as Markdown, and the CSV of it written to ``<stem>.csv``."""
+    rows = run_rows(runs, metric)
+    write_runs_csv(rows, stem.with_suffix(".csv"))
+    return render_runs(rows, title), [stem.with_suffix(".csv")]
+
+
+def tables_report(runs: Sequence[Run], metric: str, title: str, compare: bool,
+                  stem: Path) -> tuple[str, list[Path]]:
+    """The paper tables and below them the finished experiments they leave out, as Markdown, and the CSVs written.
+
+    The tables go to ``<stem>.csv``, the rest to ``<stem>_other.csv`` (removed when there is no rest, so
+    that an old one cannot pass for current).
+    """
+    tables = paper_tables(runs, metric)
+    others = other_rows(runs, tables, metric)
+    written = [stem.with_suffix(".csv")]
+    write_tables_csv(tables, written[0], compare)
+    other_csv = stem.with_name(f"{stem.name}_other.csv")
+    if others:
+        write_runs_csv(others, other_csv)
+        written.append(other_csv)
+    else:
+        other_csv.unlink(missing_ok=True)
+    if not tables and not others:
+        return f"# {title}\n\nNo finished runs.\n", written
+    return "\n".join(part for part in (render_tables(tables, title, compare), render_others(others)) if part), written
 
 
 def render_incomplete(runs: Sequence[Run], root: Path) -> str:
@@ -240,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--metric", choices=["last", "best"], default="last",
                         help="last-epoch accuracy (the papers' metric) or the accuracy at the selected best epoch")
     parser.add_argument("--compare", action="store_true",
-                        help="put the published number (METHODS.md §4) and the difference beside each cell")
+                        help="put the published number and the difference beside each cell")
     parser.add_argument("--runs", action="store_true", help="one row per experiment instead of the paper layout")
     parser.add_argument("--out", type=Path, default=None, help="folder for the .md and .csv files (default: save_dir)")
     args = parser.parse_args(argv)
@@ -254,20 +317,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     title = f"Top-1 test accuracy (%), {metric_title(runs, args.metric)}: mean ± sample std (n trials)"
     out = args.out or args.save_dir
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{'runs' if args.runs else 'table'}_{args.metric}"
+    stem = out / f"{'runs' if args.runs else 'table'}_{args.metric}"
     if args.runs:
-        rows = run_rows(runs, args.metric)
-        text = render_runs(rows, title)
-        write_runs_csv(rows, out / f"{stem}.csv")
+        text, written = runs_report(runs, args.metric, title, stem)
     else:
-        tables = paper_tables(runs, args.metric)
-        text = render_tables(tables, title, args.compare) if tables else f"# {title}\n\nNo finished runs.\n"
-        write_tables_csv(tables, out / f"{stem}.csv", args.compare)
+        text, written = tables_report(runs, args.metric, title, args.compare, stem)
     incomplete = render_incomplete(runs, args.save_dir)
     text = "\n".join(part for part in (text, incomplete) if part).rstrip("\n") + "\n"
-    (out / f"{stem}.md").write_text(text)
+    stem.with_suffix(".md").write_text(text)
     print(text, end="")
-    print(f"wrote {out / stem}.md and .csv", file=sys.stderr)
+    print(f"wrote {', '.join(map(str, [stem.with_suffix('.md'), *written]))}", file=sys.stderr)
     return 0
 
 

@@ -1,9 +1,7 @@
-"""The sweep plans behind run_cifar_vanilla.sh and run_cifar_distill.sh, and the rows of the tables.
+"""The sweep plans behind run_cifar_vanilla.sh and run_cifar_distill.sh.
 
-One place holds what the paper tables are made of: the standard teacher→student pairs (the
-columns of METHODS.md §4, taken from :mod:`published`) and the method rows (:data:`ROWS`, in
-the papers' order, "+KD" rows included), with each method's recommended weights read from the
-method registry. ``summarize.py`` and ``plot_curves.py`` label runs with the same rows.
+A sweep runs the paper tables: every standard teacher→student pair (:mod:`scripts.published`)
+with every method row (:mod:`scripts.table_rows`, "+KD" rows included) at the row's weights.
 
     python scripts/sweep.py vanilla   # every teacher and student network, TRIALS times each
     python scripts/sweep.py distill   # every method row on every pair, TRIALS times each
@@ -12,7 +10,9 @@ The plan is read from the environment, as the two shell scripts document: ``DATA
 ``SAVE_DIR``, ``GPUS``, ``TEACHER_DIR``, ``TEACHER_TRIAL``, ``PAIRS``, ``METHODS``, ``TRIALS``,
 ``EXTRA_ARGS``, ``DRY_RUN``, ``PYTHON``. Every command line is parsed by the entry scripts' own
 option parser before anything starts, so a typo in ``EXTRA_ARGS`` fails at once, not after
-hours. A run whose folder already holds a ``summary.json`` with ``"finished": true`` is left
+hours; so does a flag in ``EXTRA_ARGS`` that the sweep sets itself (``--trial``, ``--distill``,
+``-r``, ...), which would otherwise run every trial in one folder or one method under another
+row's name. A run whose folder already holds a ``summary.json`` with ``"finished": true`` is left
 out, and every command carries ``--resume auto``, so a sweep can be re-run after an
 interruption and continues where it stopped. Trial ``t`` (1..TRIALS) runs with ``--seed t``.
 """
@@ -30,98 +30,19 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-import published
+from helper import run_names
+from scripts import published
+from scripts.table_rows import Row, method_rows, row_weights
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = published.DATASET
-STANDARD_PAIRS: tuple[published.Pair, ...] = tuple(pair for table in published.TABLES for pair in table.pairs)
+STANDARD_PAIRS = published.STANDARD_PAIRS
 TEACHER_FILE = "{arch}_last.pth"  # the last epoch, as the released RepDistiller teachers (ckpt_epoch_240)
 INTERRUPTED = {130, 143, -2, -15}  # exit statuses of a run stopped by SIGINT/SIGTERM (helper/cli.py)
 
 
-TEACHER_ROW, STUDENT_ROW = "teacher", "student (vanilla)"  # the rows made of train_teacher.py runs
-
-
-@dataclass(frozen=True)
-class Row:
-    """A method row of the paper tables: the label the papers print, the registered method, "+KD"."""
-
-    label: str
-    method: str
-    with_kd: bool = False  # the "+KD" rows: -a 1 on top of the method's recommended weights
-
-    @property
-    def key(self) -> str:
-        """The name ``METHODS=`` selects the row by: the method, with ``+kd`` for a "+KD" row."""
-        return f"{self.method}+kd" if self.with_kd else self.method
-
-
-ROWS = (
-    Row("KD", "kd"), Row("FitNet", "hint"), Row("AT", "attention"), Row("SP", "similarity"),
-    Row("CC", "correlation"), Row("VID", "vid"), Row("RKD", "rkd"), Row("PKT", "pkt"), Row("AB", "abound"),
-    Row("FT", "factor"), Row("FSP", "fsp"), Row("NST", "nst"), Row("KDSVD", "kdsvd"),
-    Row("CRD", "crd"), Row("CRD+KD", "crd", True), Row("DCD", "dcd"), Row("DCD+KD", "dcd", True),
-    Row("RRD", "rrd"), Row("RRD+KD", "rrd", True), Row("ITRD", "itrd"), Row("DKD", "dkd"),
-    Row("SRRL", "srrl"), Row("SemCKD", "semckd"), Row("SimKD", "simkd"),
-)
-
-def _repository_on_path() -> None:
-    """Make the repository's packages importable when this file runs as a script."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-
-
-def _registry():
-    _repository_on_path()
-    import distiller_zoo
-
-    return distiller_zoo
-
-
-def method_rows() -> list[Row]:
-    """:data:`ROWS`, then one row for every registered method the papers' tables do not have."""
-    covered = {row.method for row in ROWS}
-    return [*ROWS, *(Row(name, name) for name in sorted(_registry().DISTILLERS) if name not in covered)]
-
-
-def row_weights(row: Row) -> tuple[float, float, float]:
-    """``(gamma, alpha, beta)`` of a row: the method's recommendation, with alpha 1 for "+KD"."""
-    recommended = _registry().get(row.method).recommended
-    alpha = 1.0 if row.with_kd else recommended.alpha
-    return float(recommended.gamma), float(alpha), float(recommended.beta)
-
-
-@cache
-def _rows_by_run() -> dict[tuple[str, tuple[float, float, float]], Row]:
-    return {(row.method, row_weights(row)): row for row in method_rows()}
-
-
-def row_label(method: str, weights: tuple[float, float, float]) -> str:
-    """The table label of runs of ``method`` with ``(gamma, alpha, beta)`` weights.
-
-    Runs with the recommended weights get their row's label ("CRD", "CRD+KD"); any other
-    weights get the method's label followed by the weights, so they never mix with a paper row.
-    """
-    weights = tuple(float(w) for w in weights)
-    row = _rows_by_run().get((method, weights))
-    if row is not None:
-        return row.label
-    base = next((r.label for r in method_rows() if r.method == method and not r.with_kd), method)
-    gamma, alpha, beta = weights
-    return f"{base} (r:{gamma} a:{alpha} b:{beta})"
-
-
-def row_order(label: str) -> tuple[int, str]:
-    """Sort key of table rows: the papers' order, a row with other weights right after its method's."""
-    labels = [TEACHER_ROW, STUDENT_ROW, *(row.label for row in method_rows())]
-    if label in labels:
-        return labels.index(label), ""
-    base = label.split(" (", 1)[0]
-    return (labels.index(base) if base in labels else len(labels)), label
-
-
 # ---------------------------------------------------------------------------------------------
-# The plan.
+# The settings.
 
 
 @dataclass(frozen=True)
@@ -173,7 +94,6 @@ class SweepConfig:
 
 def parse_pairs(text: str) -> list[published.Pair]:
     """``"resnet56:resnet20,vgg13:vgg8"`` → pairs; a pair need not be standard (it runs as given)."""
-    _repository_on_path()
     from models import model_dict
 
     pairs = []
@@ -189,12 +109,13 @@ def parse_pairs(text: str) -> list[published.Pair]:
 
 def parse_methods(text: str) -> list[str]:
     """``"kd,crd,crd+kd,fitnet"`` → row keys (method names or aliases, ``+kd`` for the "+KD" rows)."""
-    registry = _registry()
+    from distiller_zoo.registry import ALIASES
+
     keys = {row.key for row in method_rows()}
     chosen = []
     for entry in filter(None, (part.strip().lower() for part in text.split(","))):
         method, plus, kd = entry.partition("+")
-        key = registry.registry.ALIASES.get(method, method) + plus + kd
+        key = ALIASES.get(method, method) + plus + kd
         if key not in keys:
             raise ValueError(f"METHODS entry {entry!r} is not a method row; choose from: {' '.join(sorted(keys))}")
         chosen.append(key)
@@ -229,11 +150,83 @@ def is_finished(run_dir: Path) -> bool:
         return False
 
 
-def _run_dir(opt: argparse.Namespace, kind: str) -> Path:
-    from helper.driver import run_name
+# ---------------------------------------------------------------------------------------------
+# The flags of each command: the sweep's own, then EXTRA_ARGS.
 
-    root = Path(opt.save_dir).expanduser() / ("teachers" if kind == "teacher" else "students")
-    return root / "models" / run_name(opt, kind)
+
+def teacher_args(arch: str, trial: int, config: SweepConfig) -> list[str]:
+    """The flags the vanilla sweep gives train_teacher.py for ``arch`` in trial ``trial``."""
+    return ["--model", arch, *config.common_args(trial)]
+
+
+def student_args(path_t: str | Path, student: str, method: str, weights: tuple[float, float, float], trial: int,
+                 config: SweepConfig) -> list[str]:
+    """The flags the distill sweep gives train_student.py for one method row in trial ``trial``."""
+    gamma, alpha, beta = weights
+    return ["--path_t", str(path_t), "--model_s", student, "--distill", method,
+            "-r", str(gamma), "-a", str(alpha), "-b", str(beta), *config.common_args(trial)]
+
+
+# Where to choose what the sweep sets itself, for the message refusing it in EXTRA_ARGS.
+OWNED_BY = {
+    "model": "PAIRS", "model_s": "PAIRS", "model_t": "PAIRS", "path_t": "TEACHER_DIR and TEACHER_TRIAL",
+    "distill": "METHODS", "gamma": "METHODS: each row has its weights", "alpha": "METHODS: each row has its weights",
+    "beta": "METHODS: each row has its weights", "trial": "TRIALS", "seed": "TRIALS: trial t runs with --seed t",
+    "save_dir": "SAVE_DIR", "data_root": "DATA_ROOT", "gpu_id": "GPUS",
+    "dataset": "the sweeps run CIFAR-100 only", "resume": "every run resumes from its own folder",
+}
+_PROBE = "<the teacher checkpoint of the option probe>"  # a --path_t no EXTRA_ARGS passes
+
+
+def _options_set(tokens: Sequence[str]) -> set[str]:
+    """The train_student.py options that ``tokens`` set, whatever their spelling.
+
+    The tokens are parsed by train_student.py's own parser, so every spelling it accepts is
+    matched: aliases (``-c`` for ``-r``), ``--flag=value``, hyphens (``--path-t``) and
+    abbreviations (``--tri``). A student flag that train_teacher.py lacks sets its option here
+    too, so one question answers for both scripts (``--model`` alone is ambiguous to this parser
+    and is an error).
+    """
+    from helper.options import student_parser
+
+    required = ["--path_t", _PROBE]
+    unset = object()  # argparse leaves attributes already on the namespace alone unless a flag sets them
+    namespace = argparse.Namespace(**dict.fromkeys(vars(student_parser().parse_args(required)), unset))
+    student_parser().parse_args([*required, *tokens], namespace=namespace)
+    chosen = {name for name, value in vars(namespace).items() if value is not unset}
+    return chosen - {"path_t"} if namespace.path_t == _PROBE else chosen
+
+
+def _owned_options(config: SweepConfig) -> set[str]:
+    """The options the sweep sets itself, and ``model_t``, which the distill sweep derives from the pair.
+
+    The teacher commands carry the same common flags and ``--model``, which EXTRA_ARGS cannot
+    set anyway: train_student.py's parser finds it ambiguous (``--model_s``/``--model_t``).
+    """
+    return _options_set(student_args("-", "resnet8", "kd", (1.0, 1.0, 1.0), 1, config)) | {"model_t"}
+
+
+def check_extra_args(config: SweepConfig) -> None:
+    """Refuse ``EXTRA_ARGS`` with an unknown flag, or with a flag that sets what the sweep sets itself.
+
+    The sweep's own flags come first on each command line, so a later ``--trial 5`` would win:
+    every trial would share one folder, and ``--distill crd`` would run CRD under every row's
+    name. Raises :class:`~errors.UsageError` naming the flags and where to choose instead.
+    """
+    from errors import UsageError
+    from helper.options import student_parser
+
+    try:
+        _, unknown = student_parser().parse_known_args(["--path_t", _PROBE, *config.extra_args])
+        if unknown:
+            raise UsageError(f"unknown flag(s) {' '.join(unknown)} (see train_student.py --help)")
+        owned = _owned_options(config)
+        refused = [f"{shlex.join(group)} sets --{name} ({OWNED_BY.get(name, 'the sweep sets it')})"
+                   for group in _flag_groups(config.extra_args) for name in sorted(_options_set(group) & owned)]
+    except UsageError as error:
+        raise UsageError(f"EXTRA_ARGS: {error}") from None
+    if refused:
+        raise UsageError("EXTRA_ARGS may not set what the sweep sets itself: " + "; ".join(refused))
 
 
 def _flag_groups(tokens: Sequence[str]) -> list[list[str]]:
@@ -252,44 +245,50 @@ def _teacher_extra_args(extra: Sequence[str]) -> tuple[list[str], list[str]]:
     """Split ``EXTRA_ARGS`` into what train_teacher.py accepts and the student-only flags.
 
     One ``EXTRA_ARGS`` serves both scripts (``--nce_k 64`` belongs to the students), so the
-    vanilla sweep drops the flags only train_student.py knows; a flag neither knows is an error.
-    Each flag is matched by the option it sets in the student parser, not by its spelling, so
-    that an abbreviation the teacher parser would misread (``--mode`` for ``--model``) cannot
-    slip through.
+    vanilla sweep drops the flags only train_student.py knows. Each flag is matched by the
+    option it sets in the student parser, not by its spelling, so that an abbreviation the
+    teacher parser would misread (``--mode`` for ``--model``) cannot slip through.
     """
-    from helper.errors import UsageError
-    from helper.options import student_parser, teacher_parser
+    from helper.options import teacher_parser
 
-    required = ["--path_t", "-"]
-    student_options = set(vars(student_parser().parse_args(required)))
     teacher_options = set(vars(teacher_parser().parse_args([])))
-    _, unknown = student_parser().parse_known_args([*required, *extra])
-    if unknown:
-        raise UsageError(f"EXTRA_ARGS: unknown flag(s) {' '.join(unknown)} (see train_student.py --help)")
     kept: list[str] = []
     dropped: list[str] = []
     for group in _flag_groups(extra):
-        unset = object()  # argparse leaves attributes already on the namespace alone unless a flag sets them
-        namespace = argparse.Namespace(**dict.fromkeys(student_options, unset))
-        student_parser().parse_args([*required, *group], namespace=namespace)
-        options = {name for name, value in vars(namespace).items() if value is not unset} - {"path_t"}
-        (kept if options <= teacher_options else dropped).extend(group)
+        (kept if _options_set(group) <= teacher_options else dropped).extend(group)
     return kept, dropped
+
+
+def _teacher_run_dir(opt: argparse.Namespace) -> Path:
+    """The folder train_teacher.py will write for the options ``opt``."""
+    return run_names.run_dir(opt.save_dir, run_names.VANILLA,
+                             run_names.teacher_run_name(opt.model, opt.dataset, opt.trial))
+
+
+def _student_run_dir(opt: argparse.Namespace, teacher: str) -> Path:
+    """The folder train_student.py will write for the options ``opt`` and teacher architecture ``teacher``."""
+    name = run_names.student_run_name(opt.model_s, teacher, opt.dataset, opt.distill, opt.gamma, opt.alpha,
+                                      opt.beta, opt.trial)
+    return run_names.run_dir(opt.save_dir, run_names.DISTILLED, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# The plans.
 
 
 def vanilla_plan(config: SweepConfig) -> Plan:
     """Every network of the selected pairs trained with cross-entropy alone, trial by trial."""
-    _repository_on_path()
     from helper.options import parse_teacher_args
 
+    check_extra_args(config)
     architectures = list(dict.fromkeys(name for pair in config.pairs for name in pair))
     extra, dropped = _teacher_extra_args(config.extra_args)
     notes = [f"EXTRA_ARGS for students only, not passed to teacher runs: {shlex.join(dropped)}"] if dropped else []
     commands, finished = [], 0
     for trial in range(1, config.trials + 1):
         for arch in architectures:
-            args = ["--model", arch, *config.common_args(trial), *extra]
-            run_dir = _run_dir(parse_teacher_args(args), "teacher")
+            args = [*teacher_args(arch, trial, config), *extra]
+            run_dir = _teacher_run_dir(parse_teacher_args(args))
             if is_finished(run_dir):
                 finished += 1
                 continue
@@ -306,10 +305,9 @@ def teacher_candidates(arch: str, config: SweepConfig) -> list[Path]:
     ``TEACHER_DIR`` (default ``SAVE_DIR/teachers/models``), then RepDistiller's released layout
     ``<arch>_vanilla/ckpt_epoch_240.pth`` and SimKD's ``<arch>_vanilla/<arch>_best.pth``.
     """
-    from helper.driver import run_name
-
-    folder = Path(config.teacher_dir or Path(config.save_dir) / "teachers" / "models")
-    ours = run_name(argparse.Namespace(model=arch, dataset=DATASET, trial=config.teacher_trial), "teacher")
+    ours = run_names.teacher_run_name(arch, DATASET, config.teacher_trial)
+    folder = Path(config.teacher_dir) if config.teacher_dir else run_names.run_dir(
+        config.save_dir, run_names.VANILLA, ours).parent
     return [folder / ours / TEACHER_FILE.format(arch=arch),
             folder / f"{arch}_vanilla" / "ckpt_epoch_240.pth",
             folder / f"{arch}_vanilla" / f"{arch}_best.pth"]
@@ -318,7 +316,6 @@ def teacher_candidates(arch: str, config: SweepConfig) -> list[Path]:
 @cache
 def probed_shapes(arch: str) -> list:
     """Shapes of ``arch``'s feature list, probed on the meta device (no memory, no compute)."""
-    _repository_on_path()
     import torch
 
     from distiller_zoo.base import feature_shapes
@@ -331,7 +328,23 @@ def probed_shapes(arch: str) -> list:
 
 def infeasible_reason(method: str, teacher: str, student: str) -> str | None:
     """Why ``method`` cannot run on ``teacher``→``student`` (the method's own check), or None if it can."""
-    return _registry().get(method).pairing_problem(probed_shapes(student), probed_shapes(teacher))
+    import distiller_zoo
+
+    return distiller_zoo.get(method).pairing_problem(probed_shapes(student), probed_shapes(teacher))
+
+
+def _find_teachers(config: SweepConfig, notes: list[str]) -> dict[str, Path | None]:
+    """Each selected pair's teacher checkpoint (None where missing, noted); a dry run names the first place."""
+    teachers: dict[str, Path | None] = {}
+    for teacher in dict.fromkeys(teacher for teacher, _ in config.pairs):
+        candidates = teacher_candidates(teacher, config)
+        teachers[teacher] = next((path for path in candidates if path.is_file()), None)
+        if teachers[teacher] is None:
+            notes.append(f"teacher {teacher} not found (looked for {', '.join(map(str, candidates))}); "
+                         "train it with run_cifar_vanilla.sh or set TEACHER_DIR"
+                         + ("; the commands name the first place" if config.dry_run else ""))
+            teachers[teacher] = candidates[0] if config.dry_run else None
+    return teachers
 
 
 def distill_plan(config: SweepConfig) -> Plan:
@@ -339,15 +352,14 @@ def distill_plan(config: SweepConfig) -> Plan:
 
     Trials are the outer loop, so an interrupted sweep leaves whole tables of fewer trials.
     """
-    _repository_on_path()
     from helper.options import parse_student_args
 
+    check_extra_args(config)
     rows = method_rows()
     if config.methods is not None:
         rows = [row for row in rows if row.key in config.methods]
     notes: list[str] = []
     runnable: dict[published.Pair, list[Row]] = {}
-    teachers: dict[str, Path | None] = {}
     for teacher, student in config.pairs:
         runnable[teacher, student] = []
         for row in rows:
@@ -356,14 +368,7 @@ def distill_plan(config: SweepConfig) -> Plan:
                 notes.append(f"skip {row.label} on {teacher}→{student}: {row.method} {reason}")
             else:
                 runnable[teacher, student].append(row)
-        if teacher not in teachers:
-            candidates = teacher_candidates(teacher, config)
-            teachers[teacher] = next((path for path in candidates if path.is_file()), None)
-            if teachers[teacher] is None:
-                notes.append(f"teacher {teacher} not found (looked for {', '.join(map(str, candidates))}); "
-                             "train it with run_cifar_vanilla.sh or set TEACHER_DIR"
-                             + ("; the commands name the first place" if config.dry_run else ""))
-                teachers[teacher] = candidates[0] if config.dry_run else None
+    teachers = _find_teachers(config, notes)
 
     commands, finished, blocked = [], 0, 0
     for trial in range(1, config.trials + 1):
@@ -373,13 +378,9 @@ def distill_plan(config: SweepConfig) -> Plan:
                 blocked += len(pair_rows)
                 continue
             for row in pair_rows:
-                gamma, alpha, beta = row_weights(row)
-                args = ["--path_t", str(path_t), "--model_s", student, "--distill", row.method,
-                        "-r", str(gamma), "-a", str(alpha), "-b", str(beta), *config.common_args(trial),
+                args = [*student_args(path_t, student, row.method, row_weights(row), trial, config),
                         *config.extra_args]
-                opt = parse_student_args(args)
-                opt.model_t = teacher
-                run_dir = _run_dir(opt, "student")
+                run_dir = _student_run_dir(parse_student_args(args), teacher)
                 if is_finished(run_dir):
                     finished += 1
                     continue
@@ -436,8 +437,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("kind", choices=["vanilla", "distill"])
     kind = parser.parse_args(argv).kind
-    _repository_on_path()
-    from helper.errors import UsageError
+    from errors import UsageError
 
     try:
         config = SweepConfig.from_env(os.environ if env is None else env)

@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import distiller_zoo
+from distiller_zoo.base import DistillSetup, Weights
+from distiller_zoo.registry import all_arguments
 
-import distiller_zoo  # noqa: E402
-from distiller_zoo.registry import all_arguments  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def make_opt(**overrides) -> argparse.Namespace:
-    """Options as train_student.py would hand them to a Distiller, with ``overrides`` applied.
+    """Options as train_student.py would parse them, with ``overrides`` applied.
 
-    Method flags take the defaults their methods declare; ``image_size`` and ``n_data`` are
-    what the driver fills in from the data set.
+    Method flags take the defaults their methods declare; ``image_size`` and ``n_data`` stand
+    for what the data set tells the driver (see :func:`make_setup`).
     """
     values = {
         "distill": "kd", "model_s": "resnet8", "model_t": "resnet20", "dataset": "cifar100",
@@ -39,7 +37,19 @@ def opt_factory():
     return make_opt
 
 
-__all__ = ["distiller_zoo", "make_opt"]
+def make_setup(opt: argparse.Namespace) -> DistillSetup:
+    """The DistillSetup the driver would give a Distiller for these options."""
+    return DistillSetup(image_size=opt.image_size, num_train=opt.n_data, batch_size=opt.batch_size,
+                        learning_rate=opt.learning_rate, weights=Weights(opt.gamma, opt.alpha, opt.beta),
+                        kd_T=opt.kd_T, student_name=opt.model_s, teacher_name=opt.model_t)
+
+
+def build_from_options(opt: argparse.Namespace, student, teacher) -> distiller_zoo.Distiller:
+    """``opt.distill``'s Distiller around two networks, built as the driver builds it."""
+    return distiller_zoo.build(opt.distill, student, teacher, make_setup(opt), vars(opt))
+
+
+__all__ = ["build_from_options", "distiller_zoo", "make_opt", "make_setup"]
 
 
 def run_main(kind: str, args: list[str], capsys=None) -> tuple[int, str]:

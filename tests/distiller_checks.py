@@ -15,8 +15,8 @@ from torch import nn
 
 import models
 from dataset.batch import Batch
-from distiller_zoo import Distiller, build
-from tests.conftest import make_opt
+from distiller_zoo import Distiller
+from tests.conftest import build_from_options, make_opt
 
 
 def build_with_options(distill: str, model_s: str, model_t: str, **overrides) -> tuple[Distiller, Namespace]:
@@ -25,7 +25,7 @@ def build_with_options(distill: str, model_s: str, model_t: str, **overrides) ->
                       **overrides})
     student = models.model_dict[model_s](num_classes=10)
     teacher = models.model_dict[model_t](num_classes=10)
-    return build(opt, student, teacher), opt
+    return build_from_options(opt, student, teacher), opt
 
 
 def build_distiller(distill: str, model_s: str, model_t: str, **overrides) -> Distiller:

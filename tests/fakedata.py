@@ -105,3 +105,89 @@ def write_imagenet(root: str | Path, num_classes: int = 3, per_class: int = 4,
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(folder / f"{split}_{number:05d}.JPEG", format="JPEG", quality=90)
     return root
+
+
+def write_truncated_jpeg(path: str | Path, size: tuple[int, int] = (40, 48), keep: float = 0.6,
+                         seed: int = 0) -> Path:
+    """A real noisy JPEG written by PIL, then cut to its first ``keep`` fraction of bytes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(*size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format="JPEG", quality=90)
+    whole = path.read_bytes()
+    path.write_bytes(whole[: int(len(whole) * keep)])
+    return path
+
+
+def write_text_as_image(path: str | Path, text: str = "this is not an image\n") -> Path:
+    """A text file under an image name (``.JPEG``), as a stray download or note would be."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def write_cifar_labels(path: str | Path, label_key: bytes, labels: object) -> Path:
+    """Replace the labels of the official CIFAR pickle at ``path`` with ``labels`` (any value)."""
+    path = Path(path)
+    with path.open("rb") as file:
+        entry = pickle.load(file, encoding="bytes")
+    entry[label_key] = labels
+    _dump(path, entry)
+    return path
+
+
+def write_stl10_split(folder: str | Path, split: str, images: np.ndarray, labels: np.ndarray) -> Path:
+    """Write ``<split>_X.bin`` and ``<split>_y.bin`` as STL-10 stores them.
+
+    ``images`` is uint8 ``[N, 96, 96, 3]`` (rows top to bottom); each colour plane is written
+    column by column, as the official files are. ``labels`` are written as given (1..10 there).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    planes = np.ascontiguousarray(np.asarray(images, dtype=np.uint8).transpose(0, 3, 2, 1))  # [N, C, W, H]
+    (folder / f"{split}_X.bin").write_bytes(planes.tobytes())
+    (folder / f"{split}_y.bin").write_bytes(np.asarray(labels, dtype=np.uint8).tobytes())
+    return folder
+
+
+def write_stl10(root: str | Path, n_train: int = 50, n_test: int = 30, seed: int = 0) -> Path:
+    """Write ``<root>/stl10_binary/{train,test}_{X,y}.bin`` in the official layout (labels 1..10)."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    colours = rng.uniform(40, 215, size=(10, 3))
+    for split, count in (("train", n_train), ("test", n_test)):
+        labels = _labels(count, 10, rng)
+        write_stl10_split(root / "stl10_binary", split, _class_images(labels, 96, 96, colours, rng), labels + 1)
+    return root
+
+
+def write_tinyimagenet(root: str | Path, num_classes: int = 3, per_class: int = 6, n_val: int = 9,
+                       seed: int = 0) -> Path:
+    """Write ``<root>/tiny-imagenet-200`` in the official layout: 64×64 JPEG files, ``wnids.txt``,
+    ``train/<wnid>/images/``, ``val/images/`` and ``val/val_annotations.txt``.
+
+    The first training image is greyscale, as a few official ones are. Wnids are
+    ``n00000000``, ``n00000001``, ...; they are listed in ``wnids.txt`` in reverse order, so
+    that label order is the file's order, not the sorted one.
+    """
+    folder = Path(root) / "tiny-imagenet-200"
+    rng = np.random.default_rng(seed)
+    colours = rng.uniform(40, 215, size=(num_classes, 3))
+    wnids = [f"n{number:08d}" for number in range(num_classes)][::-1]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "wnids.txt").write_text("".join(f"{wnid}\n" for wnid in wnids))
+    train_labels = np.repeat(np.arange(num_classes), per_class)
+    for number, (label, image) in enumerate(zip(train_labels, _class_images(train_labels, 64, 64, colours, rng))):
+        images = folder / "train" / wnids[label] / "images"
+        images.mkdir(parents=True, exist_ok=True)
+        picture = Image.fromarray(image).convert("L") if number == 0 else Image.fromarray(image)
+        picture.save(images / f"{wnids[label]}_{number % per_class}.JPEG", format="JPEG", quality=90)
+    val_labels = _labels(n_val, num_classes, rng)
+    (folder / "val" / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for number, (label, image) in enumerate(zip(val_labels, _class_images(val_labels, 64, 64, colours, rng))):
+        Image.fromarray(image).save(folder / "val" / "images" / f"val_{number}.JPEG", format="JPEG", quality=90)
+        lines.append(f"val_{number}.JPEG\t{wnids[label]}\t0\t0\t63\t63\n")
+    (folder / "val" / "val_annotations.txt").write_text("".join(lines))
+    return Path(root)

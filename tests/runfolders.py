@@ -1,31 +1,19 @@
-"""Run folders written by hand, with known accuracies, and access to the scripts/ modules.
+"""Run folders written by hand, with known accuracies.
 
 The summary and plot tests need save folders whose numbers they know in advance; these are
-laid out exactly as train_teacher.py and train_student.py lay out theirs (folder names from
-:func:`helper.driver.run_name`, ``metrics.jsonl``, ``summary.json``), without training anything.
+laid out exactly as train_teacher.py and train_student.py lay out theirs (folders named and
+placed by :mod:`helper.run_names`, ``metrics.jsonl``, ``summary.json``), without training anything.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 
-from helper.driver import run_name
+from helper import run_names
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = REPO / "scripts"
-
-
-def script(name: str) -> ModuleType:
-    """Import ``scripts/<name>.py`` (the scripts import each other as siblings, as when run)."""
-    if str(SCRIPTS) not in sys.path:
-        sys.path.insert(0, str(SCRIPTS))
-    return importlib.import_module(name)
 
 
 def write_run(save_dir: Path, model: str, test_acc: Sequence[float], *, teacher: str | None = None,
@@ -42,11 +30,13 @@ def write_run(save_dir: Path, model: str, test_acc: Sequence[float], *, teacher:
     gamma, alpha, beta = weights
     if teacher is None:
         args = {"model": model, "dataset": dataset, "trial": trial, "epochs": len(test_acc)}
-        folder = save_dir / "teachers" / "models" / run_name(argparse.Namespace(**args), "teacher")
+        kind, name = run_names.VANILLA, run_names.teacher_run_name(model, dataset, trial)
     else:
         args = {"model_s": model, "model_t": teacher, "distill": method, "gamma": gamma, "alpha": alpha,
                 "beta": beta, "dataset": dataset, "trial": trial, "epochs": len(test_acc)}
-        folder = save_dir / "students" / "models" / run_name(argparse.Namespace(**args), "student")
+        kind, name = run_names.DISTILLED, run_names.student_run_name(model, teacher, dataset, method, gamma, alpha,
+                                                                     beta, trial)
+    folder = run_names.run_dir(save_dir, kind, name)
     folder.mkdir(parents=True)
     records = []
     for epoch, accuracy in enumerate(test_acc, 1):

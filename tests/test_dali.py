@@ -19,13 +19,13 @@ import pytest
 import torch
 from PIL import Image
 
-from dataset import Batch, DataNeeds, build
+from dataset import Batch, DataNeeds
 from dataset.imagenet import IMAGENET_MEAN, IMAGENET_STD
-from helper.errors import UsageError
+from errors import UsageError
 from models import model_dict
 from tests.conftest import run_main
 from tests.fakedata import write_imagenet
-from tests.test_dataset import CPU, all_batches, assert_same_batches, make_opt
+from tests.test_dataset import CPU, all_batches, assert_same_batches, build, make_opt
 from tests.torchrun_probe import REPO, load_ranks, run_probe
 
 CLASSES, PER_CLASS = 3, 5
@@ -181,11 +181,11 @@ def test_everything_else_imports_without_dali():
 
 @pytest.fixture(scope="module")
 def imagenet_teacher(textured_root, tmp_path_factory) -> Path:
-    """An untrained ResNet18 teacher file (training one would only cost time)."""
+    """An untrained ResNet18 teacher file for the 3 class folders (training one would only cost time)."""
     folder = tmp_path_factory.mktemp("teacher") / "ResNet18_vanilla_imagenet_trial_0"
     folder.mkdir()
-    network = model_dict["ResNet18"](num_classes=1000)
-    torch.save({"model": network.state_dict(), "arch": "ResNet18", "num_classes": 1000}, folder / "ResNet18_best.pth")
+    network = model_dict["ResNet18"](num_classes=3)
+    torch.save({"model": network.state_dict(), "arch": "ResNet18", "num_classes": 3}, folder / "ResNet18_best.pth")
     return folder / "ResNet18_best.pth"
 
 

@@ -21,7 +21,9 @@ direction of the update is not compared: over four steps the different crops and
 statistics turn it by 40-55° (cosine 0.6-0.8).
 
 Also here: the teacher side (the module's teacher is trained by torchrun), upstream's
-``--multiprocessing-distributed`` flags, ``--sync_bn`` on CPU, and the ImageNet scripts' commands.
+``--multiprocessing-distributed`` flags, ``--sync_bn`` on CPU, ``--gpu_id`` (it must be in
+``CUDA_VISIBLE_DEVICES`` before CUDA is first asked anything, and say when it cannot take effect),
+what a usage error under torchrun shows, and the ImageNet scripts' commands.
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ import math
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from errors import UsageError
 from helper.distributed import check_distributed_options, torchrun_command
-from helper.errors import UsageError
 from helper.options import parse_student_args, parse_teacher_args, teacher_parser
 from tests.conftest import run_main
 from tests.fakedata import write_cifar100
@@ -155,7 +158,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(method, cifar, 
 
 
 def test_upstream_launcher_outside_torchrun_names_the_torchrun_command(monkeypatch, capsys):
-    for variable in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+    for variable in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "CUDA_VISIBLE_DEVICES"):  # --gpu_id sets the last
         monkeypatch.delenv(variable, raising=False)
     args = ["--model", "ResNet18", "--dataset", "imagenet", "--gpu_id", "0,1,2,3", "--batch_size", "256",
             "--num_workers", "32", "--multiprocessing-distributed", "--dist-url", "tcp://127.0.0.1:23451"]
@@ -182,6 +185,124 @@ def test_sync_bn_on_cpu_under_torchrun_is_a_usage_error(monkeypatch):
     opt = teacher_parser().parse_args(["--sync_bn", "--device", "cpu"])
     with pytest.raises(UsageError, match="--sync_bn needs CUDA"):
         check_distributed_options(opt, [], "train_teacher.py")
+
+
+# --- --gpu_id and CUDA_VISIBLE_DEVICES -----------------------------------------------------------
+
+# Runs an entry script as ``python train_x.py ARGS`` would, with torch.cuda's queries spied on:
+# prints, as JSON, the first query's name and the CUDA_VISIBLE_DEVICES it saw, and the exit status.
+CUDA_SPY = """
+import json, os, runpy, sys
+import torch
+
+first = {}
+
+def spy(owner, name):
+    original = getattr(owner, name)
+    def wrapper(*args, **kwargs):
+        first.setdefault("query", name)
+        first.setdefault("visible", os.environ.get("CUDA_VISIBLE_DEVICES"))
+        return original(*args, **kwargs)
+    setattr(owner, name, wrapper)
+
+for name in ("is_available", "device_count", "init", "_lazy_init", "current_device", "set_device"):
+    spy(torch.cuda, name)
+for name in ("_cuda_getDeviceCount", "_cuda_init"):
+    if hasattr(torch._C, name):
+        spy(torch._C, name)
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as exit:
+    first["status"] = exit.code
+print(json.dumps(first))
+"""
+NO_SUCH_GPU = "7"  # hidden on this machine and on any with 7 GPUs or fewer
+
+
+def entry_env(**changes: str) -> dict[str, str]:
+    """The environment of a plain single-process run: no torchrun variables, no GPU mask of our own."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "CUDA_VISIBLE_DEVICES")}
+    return {**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **changes}
+
+
+def run_entry(script: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, env=entry_env(),
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_gpu_id_is_in_cuda_visible_devices_before_cuda_is_first_asked_anything(tmp_path):
+    # --device auto asks CUDA whether it is there; the teacher file is missing, so the run stops
+    # with a usage error once the driver has chosen its device
+    args = ["--path_t", str(tmp_path / "missing.pth"), "--gpu_id", "3", "--device", "auto",
+            "--data_root", str(tmp_path), "--save_dir", str(tmp_path / "save")]
+    result = subprocess.run([sys.executable, "-c", CUDA_SPY, str(REPO / "train_student.py"), *args], cwd=tmp_path,
+                            env=entry_env(), capture_output=True, text=True, timeout=120)
+    first = json.loads(result.stdout.strip().splitlines()[-1])
+    assert first["status"] == 2, result.stderr
+    assert first["visible"] == "3", first  # not None: CUDA was asked before --gpu_id reached it
+    assert "missing.pth" in result.stderr
+
+
+def test_gpu_id_naming_no_visible_gpu_is_noted_and_the_run_goes_on_on_the_cpu(tmp_path, cifar100_root):
+    args = ["--model", "resnet8", "--data_root", str(cifar100_root), "--epochs", "1", "--batch_size", "50",
+            "--num_workers", "0", "--print_freq", "1000", "--save_dir", str(tmp_path), "--gpu_id", NO_SUCH_GPU]
+    result = run_entry("train_teacher.py", args, tmp_path)
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note: --gpu_id")]
+    assert notes == [f"note: --gpu_id {NO_SUCH_GPU} is ignored: no CUDA device is visible with "
+                     f"CUDA_VISIBLE_DEVICES={NO_SUCH_GPU} (no GPU of that number, or no GPU); running on the CPU"]
+    summary = json.loads(next(tmp_path.rglob("summary.json")).read_text())
+    assert summary["finished"] and summary["epochs"] == 1
+
+
+def test_gpu_id_naming_no_visible_gpu_with_device_cuda_is_a_usage_error(tmp_path):
+    result = run_entry("train_teacher.py", ["--device", "cuda", "--gpu_id", NO_SUCH_GPU], tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: --device cuda --gpu_id {NO_SUCH_GPU}: no CUDA device is visible with CUDA_VISIBLE_DEVICES="
+        f"{NO_SUCH_GPU} (no GPU of that number, or no GPU); give a GPU number that nvidia-smi lists, "
+        "or use --device cpu"]
+    assert not (tmp_path / "save").exists()
+
+
+def test_gpu_id_with_device_cpu_is_noted(monkeypatch, capsys, tmp_path):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # restored afterwards: this run sets it
+    status, err = run_main("teacher", ["--device", "cpu", "--gpu_id", "0", "--data_root", str(tmp_path / "none"),
+                                       "--save_dir", str(tmp_path / "save")], capsys)
+    assert status == 2  # no data there; the note comes first
+    assert err.splitlines()[0] == "note: --gpu_id 0 is ignored with --device cpu"
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+
+
+# --- usage errors under torchrun ------------------------------------------------------------------
+
+
+def test_a_usage_error_under_torchrun_is_printed_once_by_rank_0(tmp_path):
+    """Both ranks find the mistake; the user sees its line once, then torchrun's own summary
+    (the launcher's ChildFailedError traceback, naming exit code 2) and torchrun's exit status 1."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(REPO / "train_teacher.py"), "--device", "cpu", "--epochs", "0"]
+    result = subprocess.run(command, cwd=tmp_path, env=entry_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert lines.count("error: --epochs must be positive, got 0") == 1
+    assert not [line for line in lines if line.startswith("error") and "--epochs" not in line]
+    assert "(rank 1)" not in result.stderr
+    assert "ChildFailedError" in result.stderr and "exitcode  : 2" in result.stderr
+
+
+def test_a_usage_error_on_another_rank_waits_for_rank_0_then_names_the_rank(monkeypatch, capsys):
+    import helper.cli
+
+    waited = []
+    monkeypatch.setattr(helper.cli.time, "sleep", waited.append)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    status, err = run_main("teacher", ["--device", "cpu", "--epochs", "0"], capsys)
+    assert status == 2
+    assert waited == [helper.cli.RANK_REPORT_GRACE_S] and waited[0] >= 5
+    assert err.strip() == "error: (rank 1) --epochs must be positive, got 0"
 
 
 # --- the ImageNet scripts -------------------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""Faults: SIGKILL and SIGTERM at any moment, a NaN loss, a failed checkpoint write.
+"""Faults: SIGKILL and SIGTERM at any moment, a NaN loss, a failed checkpoint write, two runs at once.
 
 A killed run resumed with ``--resume auto`` must end bit-identical to one that never stopped
 (deterministic mode, CPU): weights, method state (memory banks, queues), optimiser state and
-every logged metric except wall-clock timings.
+every logged metric except wall-clock timings. Nothing a run saved is overwritten by another
+run, and a full disk is a one-line exit 4 that keeps the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import pytest
 import torch
 
 import distiller_zoo
+from errors import UsageError
+from helper.run_folder import LOCK_NAME, check_writable, claim_run_folder
 from tests.conftest import run_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -275,3 +278,146 @@ def test_torchrun_run_resumes_exactly(tmp_path, small_cifar, cifar100_teacher):
     result = torchrun(resumed, "2", "--resume", "auto")
     assert result.returncode == 0, result.stderr
     _assert_identical(_last_checkpoint(straight), _last_checkpoint(resumed))
+
+
+# --- a full disk during a run --------------------------------------------------------------------
+
+
+def _limit_file_size() -> None:
+    """In the child: files may not grow past 64 KiB, as on a full disk or quota (EFBIG, not SIGXFSZ)."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+
+def test_a_full_disk_during_a_run_exits_4_naming_the_checkpoint(tmp_path, small_cifar):
+    command = [*_command("teacher", small_cifar, tmp_path, ["--model", "resnet8"]), "--epochs", "1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, preexec_fn=_limit_file_size)
+    assert result.returncode == 4, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "could not write checkpoint" in line and "File too large" in line
+    assert "resnet8_best.pth" in line  # the first checkpoint of the run
+    (run_dir,) = tmp_path.glob("teachers/models/*")
+    assert not list(run_dir.glob("*.pth")) and not list(run_dir.glob(".*.tmp"))
+
+
+# --- lost work: a folder that holds a run, two runs in one folder ------------------------------------
+
+
+def _fill(run_dir: Path) -> dict[str, bytes]:
+    """A run folder as a finished run leaves it; its files by name."""
+    run_dir.mkdir(parents=True)
+    files = {"summary.json": b'{"finished": true}', "metrics.jsonl": b'{"epoch": 1}\n', "latest.pth": b"weights"}
+    for name, data in files.items():
+        (run_dir / name).write_bytes(data)
+    return files
+
+
+def _contents(run_dir: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in run_dir.iterdir()}
+
+
+@pytest.mark.parametrize("saved", ["summary.json", "metrics.jsonl", "latest.pth", "resnet8_best.pth"])
+def test_a_folder_holding_any_saved_file_is_not_claimed_without_resume(tmp_path, saved):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / saved).write_bytes(b"saved")
+    with pytest.raises(UsageError) as error:
+        claim_run_folder(run_dir, resuming=False)
+    assert str(error.value) == (f"{run_dir} already holds a run ({saved}); continue it with --resume auto, "
+                                "or start a new one with another --trial")
+    assert _contents(run_dir) == {saved: b"saved"}
+
+
+def test_a_finished_run_is_claimed_to_resume_and_left_whole(tmp_path):
+    run_dir = tmp_path / "run"
+    files = _fill(run_dir)
+    with claim_run_folder(run_dir, resuming=True) as lock:
+        assert (run_dir / LOCK_NAME).read_text().split()[0] == str(os.getpid())
+        assert lock.path == run_dir / LOCK_NAME
+    assert _contents(run_dir) == files
+
+
+def test_an_empty_metrics_file_of_a_run_killed_at_once_holds_nothing_to_lose(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_bytes(b"")
+    with claim_run_folder(run_dir, resuming=False):
+        pass
+
+
+def test_a_second_claim_names_the_first_ones_pid_and_waits_for_nothing(tmp_path):
+    run_dir = tmp_path / "save" / "teachers" / "models" / "run"
+    with claim_run_folder(run_dir, resuming=False):
+        before = _contents(run_dir)
+        for resuming in (False, True):
+            with pytest.raises(UsageError) as error:
+                claim_run_folder(run_dir, resuming=resuming)
+            assert str(error.value) == (f"{run_dir} is in use by another run (pid {os.getpid()} on "
+                                        f"{os.uname().nodename}); wait for it to end, or start this one with "
+                                        "another --trial")
+        assert _contents(run_dir) == before
+    with claim_run_folder(run_dir, resuming=False):  # released: the next run may start
+        pass
+
+
+def test_a_claim_that_wrote_nothing_leaves_no_folder_behind(tmp_path):
+    with claim_run_folder(tmp_path / "save" / "teachers" / "models" / "run", resuming=False):
+        assert (tmp_path / "save" / "teachers" / "models" / "run" / LOCK_NAME).is_file()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_claimed_folder_keeps_what_the_run_wrote_and_drops_the_lock(tmp_path):
+    run_dir = tmp_path / "save" / "run"
+    with claim_run_folder(run_dir, resuming=False):
+        (run_dir / "metrics.jsonl").write_text("{}\n")
+    assert _contents(run_dir) == {"metrics.jsonl": b"{}\n"}
+
+
+CLAIM_AND_WAIT = """
+import sys, time
+from pathlib import Path
+from helper.run_folder import claim_run_folder
+
+lock = claim_run_folder(Path(sys.argv[1]), resuming=False)
+print("claimed", flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_lock_of_a_killed_run_blocks_only_while_it_lives(tmp_path):
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", CLAIM_AND_WAIT, str(run_dir)], stdout=subprocess.PIPE, text=True,
+                              cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline().strip() == "claimed"
+        with pytest.raises(UsageError, match=f"in use by another run \\(pid {holder.pid} "):
+            claim_run_folder(run_dir, resuming=False)
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    assert (run_dir / LOCK_NAME).read_text().split()[0] == str(holder.pid)  # left behind by SIGKILL
+    with claim_run_folder(run_dir, resuming=False):
+        assert (run_dir / LOCK_NAME).read_text().split()[0] == str(os.getpid())
+
+
+def test_a_file_below_the_save_folder_is_found_before_writing(tmp_path):
+    (tmp_path / "save").mkdir()
+    (tmp_path / "save" / "students").write_text("not a folder")
+    with pytest.raises(UsageError) as error:
+        check_writable(tmp_path / "save" / "students" / "models" / "run")
+    assert str(error.value) == (f"cannot write {tmp_path}/save/students/models/run: {tmp_path}/save/students is not "
+                                "a writable folder; pick a --save_dir you can write to")
+    check_writable(tmp_path / "save" / "teachers" / "models" / "run")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into read-only folders")
+def test_a_read_only_folder_below_the_save_folder_is_found_before_writing(tmp_path):
+    (tmp_path / "save" / "students").mkdir(parents=True)
+    (tmp_path / "save" / "students").chmod(0o555)
+    try:
+        with pytest.raises(UsageError, match="save/students is not a writable folder"):
+            check_writable(tmp_path / "save" / "students" / "tensorboard" / "run")
+    finally:
+        (tmp_path / "save" / "students").chmod(0o755)

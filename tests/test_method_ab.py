@@ -3,25 +3,15 @@ and the two stages: what each optimises, which modules train, and where gradient
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 import distiller_zoo
 from distiller_zoo.ab import AB, ABLoss, Connector
-from helper.errors import UsageError
+from errors import UsageError
 from tests.distiller_checks import assert_gradients_reach_exactly, build_with_options, parameter_ids, random_batch
-
-CRITERIA = Path(__file__).resolve().parents[2] / "shared" / "compat" / "criteria.json"
-
-
-def criteria_shapes(entry: str) -> dict[str, list[int]]:
-    """Keys and shapes of an upstream criterion's state, as recorded in ``criteria.json``."""
-    parameters = json.loads(CRITERIA.read_text())[entry]["parameters"]
-    return {p["key"]: p["shape"] for p in parameters}
+from tests.fixtures import state_shapes, upstream_state_shapes
 
 
 def hand_ab(g_s: list[torch.Tensor], g_t: list[torch.Tensor], margin: float) -> list[float]:
@@ -60,8 +50,7 @@ def test_ab_loss_is_zero_beyond_the_margins() -> None:
 def test_connector_keys_match_upstream() -> None:
     s_shapes = [[8, 16, 32, 32], [8, 32, 16, 16], [8, 64, 8, 8]]
     t_shapes = [[8, 32, 32, 32], [8, 64, 16, 16], [8, 128, 8, 8]]
-    state = {f"connector.{k}": list(v.shape) for k, v in Connector(s_shapes, t_shapes).state_dict().items()}
-    assert state == criteria_shapes("rd_AB_pipeline")
+    assert state_shapes(Connector(s_shapes, t_shapes), "connector.") == upstream_state_shapes("rd_AB_pipeline")
 
 
 def test_connector_is_identity_where_shapes_agree_and_has_no_relu() -> None:
@@ -82,28 +71,27 @@ def build(model_s: str = "resnet8", model_t: str = "resnet8x4") -> tuple[AB, obj
 ids = parameter_ids
 
 
-def test_registered_names_and_recommendation() -> None:
+def test_registered_names_and_preact_taps() -> None:
     assert distiller_zoo.get("abound") is AB and distiller_zoo.get("ab") is AB
-    assert (AB.recommended.gamma, AB.recommended.alpha, AB.recommended.beta) == (1.0, 0.0, 1.0)
     assert AB.preact
 
 
 def test_init_and_main_parameters() -> None:
-    distiller, opt = build()
+    distiller, _ = build()
     student = distiller.student
     feature_modules = ids(student.get_feat_modules().parameters())
     connector = ids(distiller.connector.parameters())
     assert connector and ids(distiller.init_parameters()) == connector | feature_modules
     assert not ids(student.fc.parameters()) & ids(distiller.init_parameters())
     assert ids(distiller.main_parameters()) == ids(student.parameters())
-    stage = distiller.init_stage(opt)
+    stage = distiller.init_stage
     assert (stage.epochs, stage.learning_rate, stage.terms) == (3, 0.05, ("abound",))
 
 
 def test_init_stage_trains_only_connector_and_feature_modules() -> None:
-    distiller, opt = build()
+    distiller, _ = build()
     distiller.train()
-    distiller.set_stage("init", opt)
+    distiller.set_stage("init")
     assert distiller.loss_weights == {"abound": 1.0}
     assert distiller.connector.training and distiller.student.layer3.training
     assert not distiller.student.fc.training and not distiller.teacher.training
@@ -114,8 +102,8 @@ def test_init_stage_trains_only_connector_and_feature_modules() -> None:
 
 
 def test_init_term_equals_hand_computation_on_preact_features() -> None:
-    distiller, opt = build()
-    distiller.set_stage("init", opt)
+    distiller, _ = build()
+    distiller.set_stage("init")
     distiller.eval()
     batch = random_batch()
     _, terms = distiller(batch)
@@ -128,9 +116,9 @@ def test_init_term_equals_hand_computation_on_preact_features() -> None:
 
 
 def test_main_stage_has_no_method_term_and_freezes_connector() -> None:
-    distiller, opt = build()
-    distiller.set_stage("init", opt)
-    distiller.set_stage("main", opt)
+    distiller, _ = build()
+    distiller.set_stage("init")
+    distiller.set_stage("main")
     distiller.train()
     assert distiller.loss_weights == {"cls": 1.0, "kd": 0.0}
     assert not distiller.connector.training and distiller.student.training

@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
-import pytest
 import torch
 
-import distiller_zoo
 from dataset.batch import Batch
 from distiller_zoo.crd import CRD, CRDLoss
-from models import model_dict
+from distiller_zoo.registry import data_needs
 from tests.conftest import make_opt
-
-CRITERIA = Path(__file__).resolve().parents[2] / "shared" / "compat" / "criteria.json"
-
-# criteria.json "rd_CRDLoss": CRDLoss(opt) with s_dim 64, t_dim 256, feat_dim 128, n_data 64, nce_k 16
-RD_CRD_KEYS = {
-    "embed_s.linear.weight": [128, 64],
-    "embed_s.linear.bias": [128],
-    "embed_t.linear.weight": [128, 256],
-    "embed_t.linear.bias": [128],
-    "contrast.params": [5],
-    "contrast.memory_v1": [64, 128],
-    "contrast.memory_v2": [64, 128],
-}
+from tests.distiller_checks import build_with_options
+from tests.fixtures import assert_built_as_upstream, upstream_options
 
 
 def small_opt(**overrides):
@@ -150,24 +135,22 @@ def test_without_contrast_idx_rows_are_uniform_with_the_sample_first(monkeypatch
     assert len(set(drawn[:, 1:].flatten().tolist())) > 5  # spread over the data set
 
 
-def test_state_dict_matches_repdistiller():
-    loss = CRDLoss(make_opt(s_dim=64, t_dim=256, feat_dim=128, n_data=64, nce_k=16, nce_t=0.07, nce_m=0.5))
-    assert {k: list(v.shape) for k, v in loss.state_dict().items()} == RD_CRD_KEYS
+def test_built_as_repdistiller_builds_it():
+    """``CRDLoss(opt)`` with the recorded options has RepDistiller's signature, keys and shapes."""
+    loss = CRDLoss(make_opt(**upstream_options("rd_CRDLoss")))
+    assert_built_as_upstream(loss, "rd_CRDLoss")
     assert [k for k, _ in loss.named_buffers()] == ["contrast.params", "contrast.memory_v1", "contrast.memory_v2"]
 
 
-@pytest.mark.skipif(not CRITERIA.exists(), reason="shared compat data not present")
-def test_expected_keys_are_those_of_criteria_json():
-    entry = json.loads(CRITERIA.read_text())["rd_CRDLoss"]
-    assert {p["key"]: p["shape"] for p in entry["parameters"]} == RD_CRD_KEYS
+def test_distiller_criterion_is_repdistillers_for_the_same_sizes():
+    """resnet8 (64-d) → resnet8x4 (256-d) with 64 samples and 16 negatives is the recorded CRDLoss."""
+    distiller, _ = build_distiller()
+    assert_built_as_upstream(distiller.criterion, "rd_CRDLoss")
 
 
 def build_distiller(**overrides):
     torch.manual_seed(0)
-    opt = make_opt(distill="crd", nce_k=16, n_data=64, beta=0.8, **overrides)
-    student = model_dict["resnet8"](num_classes=10)
-    teacher = model_dict["resnet8x4"](num_classes=10)
-    return distiller_zoo.build(opt, student, teacher), opt
+    return build_with_options("crd", "resnet8", "resnet8x4", **{"nce_k": 16, "n_data": 64, "beta": 0.8, **overrides})
 
 
 def crd_batch(batch_size=6, n_data=64, nce_k=16):
@@ -179,10 +162,10 @@ def crd_batch(batch_size=6, n_data=64, nce_k=16):
 
 def test_distiller_step():
     distiller, opt = build_distiller()
-    assert isinstance(distiller, CRD) and CRD.recommended.beta == 0.8
-    needs = CRD.data_needs(opt)
+    assert isinstance(distiller, CRD)
+    needs = data_needs("crd", vars(opt))
     assert needs.indices and needs.contrast_k == 16 and needs.contrast_mode == "exact"
-    assert CRD.data_needs(make_opt(mode="relax")).contrast_mode == "relax"
+    assert data_needs("crd", vars(make_opt(mode="relax"))).contrast_mode == "relax"
     assert distiller.criterion.embed_s.linear.in_features == 64
     assert distiller.criterion.embed_t.linear.in_features == 256
     assert not hasattr(opt, "s_dim")  # the caller's options are not mutated

@@ -1,10 +1,8 @@
-"""DCD (METHODS.md §1.17): loss by hand, τ clamp, trainable τ and b, keys, the Distiller."""
+"""DCD (METHODS.md §1.17): loss by hand, τ clamp, trained τ and b, upstream keys, the Distiller."""
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,20 +10,13 @@ import torch
 import distiller_zoo
 from dataset.batch import Batch
 from distiller_zoo.dcd import DCD, DCDLoss
-from models import model_dict
+from distiller_zoo.registry import data_needs
 from tests.conftest import make_opt
+from tests.distiller_checks import build_with_options
+from tests.fixtures import assert_built_as_upstream, upstream_constructor, upstream_options
 
-CRITERIA = Path(__file__).resolve().parents[2] / "shared" / "compat" / "criteria.json"
-
-# criteria.json "dist_DCDLoss" (and "_fixed", trainable=False): s_dim 64, t_dim 256, feat_dim 128
-DS_DCD_KEYS = {
-    "params.tau": [],
-    "params.b": [],
-    "embed_s.weight": [128, 64],
-    "embed_s.bias": [128],
-    "embed_t.weight": [128, 256],
-    "embed_t.bias": [128],
-}
+# The recorded call passes ``trainable=True``; the fixed-temperature variant it switches off is not offered.
+NOT_OFFERED = frozenset({"trainable"})
 
 
 def small_opt(**overrides):
@@ -78,15 +69,6 @@ def test_dcd_loss_by_hand_with_bias_alpha_and_clamped_tau():
     assert loss.params.b.grad is not None
 
 
-def test_fixed_variant_multiplies_by_nce_t_without_bias():
-    torch.manual_seed(2)
-    loss = DCDLoss(small_opt(nce_t=0.07), trainable=False)
-    assert not loss.params.tau.requires_grad and not loss.params.b.requires_grad
-    assert loss.params.tau.item() == pytest.approx(0.07) and loss.params.b.item() == 0.0
-    f_s, f_t = torch.randn(3, 4), torch.randn(3, 5)
-    torch.testing.assert_close(loss(f_s, f_t), torch.tensor(dcd_by_hand(loss, f_s, f_t, 0.07, 0.0)))
-
-
 def test_tau_and_b_receive_gradients():
     torch.manual_seed(3)
     loss = DCDLoss(small_opt())
@@ -96,26 +78,21 @@ def test_tau_and_b_receive_gradients():
     assert loss.params.tau.grad != 0
 
 
-@pytest.mark.parametrize("trainable", [True, False])
-def test_state_dict_matches_distillers(trainable):
-    loss = DCDLoss(make_opt(s_dim=64, t_dim=256, feat_dim=128, nce_t=0.07), trainable=trainable)
-    assert {k: list(v.shape) for k, v in loss.state_dict().items()} == DS_DCD_KEYS
-
-
-@pytest.mark.skipif(not CRITERIA.exists(), reason="shared compat data not present")
-def test_expected_keys_are_those_of_criteria_json():
-    criteria = json.loads(CRITERIA.read_text())
-    for name in ("dist_DCDLoss", "dist_DCDLoss_fixed"):
-        assert {p["key"]: p["shape"] for p in criteria[name]["parameters"]} == DS_DCD_KEYS
+@pytest.mark.parametrize("entry", ["dist_DCDLoss", "dist_DCDLoss_clamp"])
+def test_built_as_distillers_builds_it(entry):
+    """``DCDLoss(opt, max_tau=…, alpha=…, init_tau=…, init_b=…)`` with the recorded options has
+    the distillers repository's signature, keys and shapes."""
+    _, _, keywords = upstream_constructor(entry)
+    offered = {name: value for name, value in keywords.items() if name not in NOT_OFFERED}
+    loss = DCDLoss(make_opt(**upstream_options(entry)), **offered)
+    assert_built_as_upstream(loss, entry, ignored_keywords=NOT_OFFERED)
 
 
 def test_distiller_step():
     torch.manual_seed(0)
-    opt = make_opt(distill="dcd", beta=1.0)
-    distiller = distiller_zoo.build(opt, model_dict["resnet8"](num_classes=10),
-                                    model_dict["resnet8x4"](num_classes=10))
+    distiller, opt = build_with_options("dcd", "resnet8", "resnet8x4", beta=1.0)
     assert isinstance(distiller, DCD) and distiller_zoo.get("icd") is DCD
-    assert DCD.data_needs(opt).drop_last
+    assert data_needs("dcd", vars(opt)).drop_last
     assert distiller.criterion.embed_s.in_features == 64 and distiller.criterion.embed_t.in_features == 256
     distiller.train()
     assert not distiller.teacher.training
@@ -130,4 +107,5 @@ def test_distiller_step():
         assert p.grad is not None and torch.isfinite(p.grad).all() and id(p) in main
     assert all(p.grad is not None for p in distiller.student.parameters())
     assert all(p.grad is None for p in distiller.teacher.parameters())
-    assert set(distiller.trainable_state_dict()) == {f"criterion.{k}" for k in DS_DCD_KEYS}
+    assert set(distiller.trainable_state_dict()) == {f"criterion.{k}" for k in distiller.criterion.state_dict()}
+    assert_built_as_upstream(distiller.criterion, "dist_DCDLoss", ignored_keywords=NOT_OFFERED)  # 64-d → 256-d

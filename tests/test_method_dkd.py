@@ -7,11 +7,9 @@ import math
 import pytest
 import torch
 
-import distiller_zoo
 from dataset.batch import Batch
 from distiller_zoo.dkd import DKD, DKDLoss
-from models import model_dict
-from tests.conftest import make_opt
+from tests.distiller_checks import build_with_options
 
 
 def softmax(values):
@@ -57,10 +55,8 @@ def test_defaults_and_warm_up_ramp():
 
 def test_distiller_step_uses_epoch_and_kd_temperature():
     torch.manual_seed(0)
-    opt = make_opt(distill="dkd", beta=1.0, kd_T=2.0, dkd_beta=6.0)
-    distiller = distiller_zoo.build(opt, model_dict["resnet8"](num_classes=10),
-                                    model_dict["resnet20"](num_classes=10))
-    assert isinstance(distiller, DKD) and DKD.recommended.beta == 1.0
+    distiller, _ = build_with_options("dkd", "resnet8", "resnet20", beta=1.0, kd_T=2.0, dkd_beta=6.0)
+    assert isinstance(distiller, DKD)
     assert (distiller.criterion.temperature, distiller.criterion.beta) == (2.0, 6.0)
     assert distiller.loss_weights == {"cls": 1.0, "kd": 0.0, "dkd": 1.0}
     distiller.train()

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import distiller_zoo
 from dataset.batch import Batch
 from distiller_zoo import Outputs
 from distiller_zoo.common import ConvReg
 from distiller_zoo.fitnet import FitNet, HintLoss
-from helper.errors import UsageError
+from errors import UsageError
 from tests.distiller_checks import adaptive_avg_pool_reference, build_distiller, check_training_step
-
-CRITERIA = json.loads((Path(__file__).resolve().parents[2] / "shared" / "compat" / "criteria.json").read_text())
+from tests.fixtures import state_shapes, upstream_constructor, upstream_state_shapes
 
 
 def bn_relu_reference(y: np.ndarray) -> np.ndarray:
@@ -82,25 +77,21 @@ def test_student_smaller_by_other_ratio_pools_the_teacher_hint():
 @pytest.mark.parametrize("key", ["rd_FitNet_down", "rd_FitNet_same", "rd_FitNet_up",
                                  "simkd_FitNet_same", "simkd_FitNet_small"])
 def test_regressor_state_dict_matches_upstream(key):
-    entry = CRITERIA[key]
-    s_shape, t_shape = json.loads("[" + entry["constructor"].split("ConvReg(")[1].rstrip(")") + "]")
-    holder = nn.Module()
-    holder.regress_s = ConvReg(s_shape, t_shape)
-    expected = {p["key"]: p["shape"] for p in entry["parameters"]}
-    assert {k: list(v.shape) for k, v in holder.state_dict().items()} == expected
+    name, (s_shape, t_shape), _ = upstream_constructor(key)
+    assert name == "ConvReg"
+    assert state_shapes(ConvReg(s_shape, t_shape), "regress_s.") == upstream_state_shapes(key)
 
 
 def test_distiller_state_dict_matches_upstream_regressor():
     """resnet8 → wrn_16_2 at feat[2] is ``ConvReg([B,32,16,16], [B,64,16,16])`` (rd_FitNet_same)."""
     distiller = build_distiller("fitnet", "resnet8", "wrn_16_2", hint_layer=2)
-    expected = {p["key"]: p["shape"] for p in CRITERIA["rd_FitNet_same"]["parameters"]}
-    assert {k: list(v.shape) for k, v in distiller.trainable_state_dict().items()} == expected
+    assert state_shapes(distiller.regress_s, "regress_s.") == upstream_state_shapes("rd_FitNet_same")
+    assert set(distiller.trainable_state_dict()) == set(upstream_state_shapes("rd_FitNet_same"))
 
 
-def test_registered_names_and_recommended_weights():
+def test_registered_names_and_single_stage():
     assert distiller_zoo.get("hint") is FitNet and distiller_zoo.get("fitnet") is FitNet
-    assert (FitNet.recommended.gamma, FitNet.recommended.alpha, FitNet.recommended.beta) == (1, 0, 100)
-    assert FitNet.init_stage(None, None) is None
+    assert build_distiller("hint", "resnet8", "resnet8").init_stage is None
 
 
 def test_hint_layer_that_is_not_a_map_is_a_usage_error():

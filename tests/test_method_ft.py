@@ -3,9 +3,6 @@ paraphraser/translator structure and upstream keys, and the two stages."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -20,14 +17,7 @@ from tests.distiller_checks import (
     parameter_ids,
     random_batch,
 )
-
-CRITERIA = Path(__file__).resolve().parents[2] / "shared" / "compat" / "criteria.json"
-
-
-def criteria_shapes(entry: str) -> dict[str, list[int]]:
-    """Keys and shapes of an upstream criterion's state, as recorded in ``criteria.json``."""
-    parameters = json.loads(CRITERIA.read_text())[entry]["parameters"]
-    return {p["key"]: p["shape"] for p in parameters}
+from tests.fixtures import state_shapes, upstream_state_shapes
 
 
 def hand_factor_loss(f_s: torch.Tensor, f_t: torch.Tensor, p1: float, p2: float) -> float:
@@ -60,9 +50,8 @@ def test_factor_loss_matches_hand_computation(s_shape, t_shape, p2) -> None:
 def test_paraphraser_and_translator_keys_match_upstream() -> None:
     paraphraser = Paraphraser([8, 128, 8, 8], k=0.5, use_bn=False)
     translator = Translator([8, 64, 8, 8], [8, 128, 8, 8], k=0.5, use_bn=True)
-    state = {f"paraphraser.{k}": list(v.shape) for k, v in paraphraser.state_dict().items()}
-    state |= {f"translator.{k}": list(v.shape) for k, v in translator.state_dict().items()}
-    assert state == criteria_shapes("rd_FT_pipeline")
+    state = state_shapes(paraphraser, "paraphraser.") | state_shapes(translator, "translator.")
+    assert state == upstream_state_shapes("rd_FT_pipeline")
 
 
 def test_paraphraser_is_a_leaky_relu_conv_autoencoder() -> None:
@@ -92,19 +81,17 @@ def build(model_s: str = "resnet8", model_t: str = "resnet8x4", learning_rate: f
 ids = parameter_ids
 
 
-def test_registered_names_and_recommendation() -> None:
+def test_registered_names() -> None:
     assert distiller_zoo.get("factor") is FT and distiller_zoo.get("ft") is FT
-    assert (FT.recommended.gamma, FT.recommended.alpha, FT.recommended.beta) == (1.0, 0.0, 200.0)
 
 
-def test_init_learning_rate_rule() -> None:
-    distiller, opt = build("resnet8", "resnet8x4", learning_rate=0.05)
-    assert distiller.init_stage(opt).learning_rate == 0.01
-    opt.model_s = "wrn_16_1"
-    assert distiller.init_stage(opt).learning_rate == 0.01
-    opt.model_s, opt.learning_rate = "ShuffleV1", 0.02
-    stage = distiller.init_stage(opt)
-    assert (stage.epochs, stage.learning_rate, stage.terms) == (2, 0.02, ("reconstruction",))
+@pytest.mark.parametrize(("model_s", "learning_rate", "init_learning_rate"),
+                         [("resnet8", 0.05, 0.01), ("wrn_16_1", 0.05, 0.01), ("ShuffleV1", 0.02, 0.02)])
+def test_init_learning_rate_rule(model_s: str, learning_rate: float, init_learning_rate: float) -> None:
+    """ResNet and WRN students pre-train the paraphraser at 0.01, others at the main learning rate."""
+    distiller, _ = build(model_s, "resnet8x4", learning_rate=learning_rate)
+    stage = distiller.init_stage
+    assert (stage.epochs, stage.learning_rate, stage.terms) == (2, init_learning_rate, ("reconstruction",))
 
 
 def test_parameters_of_each_stage() -> None:
@@ -115,8 +102,8 @@ def test_parameters_of_each_stage() -> None:
 
 
 def test_init_stage_reconstructs_the_teacher_map_and_trains_only_the_paraphraser() -> None:
-    distiller, opt = build()
-    distiller.set_stage("init", opt)
+    distiller, _ = build()
+    distiller.set_stage("init")
     distiller.train()
     assert distiller.loss_weights == {"reconstruction": 1.0}
     assert distiller.paraphraser.training and not distiller.student.training
@@ -134,9 +121,9 @@ def test_init_stage_reconstructs_the_teacher_map_and_trains_only_the_paraphraser
 
 
 def test_main_stage_trains_translator_and_student_not_paraphraser() -> None:
-    distiller, opt = build()
-    distiller.set_stage("init", opt)
-    distiller.set_stage("main", opt)
+    distiller, _ = build()
+    distiller.set_stage("init")
+    distiller.set_stage("main")
     distiller.train()
     assert distiller.loss_weights == {"cls": 1.0, "kd": 0.0, "factor": 200.0}
     assert not distiller.paraphraser.training and distiller.translator.training

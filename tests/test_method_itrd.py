@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-import distiller_zoo
 from dataset.batch import Batch
+from distiller_zoo.base import Weights
 from distiller_zoo.itrd import ITRD, ITLoss
-from models import model_dict
 from tests.conftest import make_opt
-
-CRITERIA = Path(__file__).resolve().parents[2] / "shared" / "compat" / "criteria.json"
-
-# criteria.json "itrd_ITLoss" (s_dim 64, t_dim 256) and "itrd_ITLoss_samedim" (128, 128)
-IT_KEYS = {(64, 256): {"embed.linear.weight": [256, 64], "embed.linear.bias": [256]},
-           (128, 128): {"embed.linear.weight": [128, 128], "embed.linear.bias": [128]}}
+from tests.distiller_checks import build_with_options
+from tests.fixtures import assert_built_as_upstream, upstream_options
 
 
 def small_opt(**overrides):
@@ -87,7 +80,7 @@ def test_same_dims_mutual_term_uses_the_raw_student_embedding():
 
 def test_forward_weighs_the_two_terms_with_lambdas():
     torch.manual_seed(2)
-    loss = ITLoss(small_opt(lambda_corr=0.7, lambda_mutual=3.0))
+    loss = ITLoss(small_opt(), lambda_corr=0.7, lambda_mutual=3.0)
     e_s, e_t = torch.randn(6, 3), torch.randn(6, 4)
     expected = 0.7 * correlation_by_hand(loss, e_s, e_t, 1.5) + 3.0 * mutual_by_hand(
         linear_by_hand(loss.embed.linear, e_s), e_t)
@@ -102,40 +95,33 @@ def test_constant_teacher_dimension_gives_nan_as_upstream():
     assert torch.isnan(loss.forward_correlation_it(torch.randn(4, 3), e_t))
 
 
-@pytest.mark.parametrize("dims", list(IT_KEYS))
-def test_state_dict_matches_itrd(dims):
-    loss = ITLoss(make_opt(s_dim=dims[0], t_dim=dims[1], n_data=64, alpha_it=1.5))
-    assert {k: list(v.shape) for k, v in loss.state_dict().items()} == IT_KEYS[dims]
+@pytest.mark.parametrize("entry", ["itrd_ITLoss", "itrd_ITLoss_samedim", "dist_ITLoss", "dist_ITLoss_samedim"])
+def test_built_as_upstream_builds_it(entry):
+    """``ITLoss(opt)`` with the options recorded from the ITRD and distillers repositories has
+    their signature, keys and shapes (one Linear(d_s → d_t), also when d_s = d_t)."""
+    loss = ITLoss(make_opt(**{"alpha_it": 1.5, **upstream_options(entry)}))
+    assert_built_as_upstream(loss, entry)
 
 
-@pytest.mark.skipif(not CRITERIA.exists(), reason="shared compat data not present")
-def test_expected_keys_are_those_of_criteria_json():
-    criteria = json.loads(CRITERIA.read_text())
-    for name, dims in (("itrd_ITLoss", (64, 256)), ("itrd_ITLoss_samedim", (128, 128))):
-        assert {p["key"]: p["shape"] for p in criteria[name]["parameters"]} == IT_KEYS[dims]
-
-
-def live_teacher_and_batch():
-    """A random teacher and batch where no embedding dimension is constant (see the NaN test).
+def live_distiller_and_images():
+    """resnet8 → wrn_16_2 ITRD and a batch where no teacher embedding dimension is constant (see the NaN test).
 
     Randomly initialised ReLU networks often have a channel that is zero for a whole small
     batch; such a teacher would make the correlation term NaN by design.
     """
     for seed in range(20):
         torch.manual_seed(seed)
-        teacher = model_dict["wrn_16_2"](num_classes=10).eval()
+        distiller, _ = build_with_options("itrd", "resnet8", "wrn_16_2", beta=1.0, lambda_corr=2.0, lambda_mutual=0.05)
         images = torch.randn(8, 3, 32, 32)
         with torch.no_grad():
-            features, _ = teacher(images, is_feat=True, preact=True)
+            features, _ = distiller.teacher(images, is_feat=True, preact=True)
         if (features[-1].std(0) > 0).all():
-            return teacher, images
+            return distiller, images
     raise AssertionError("no seed gave a teacher without dead dimensions")
 
 
 def test_distiller_step():
-    teacher, images = live_teacher_and_batch()
-    opt = make_opt(distill="itrd", beta=1.0, lambda_corr=2.0, lambda_mutual=0.05)
-    distiller = distiller_zoo.build(opt, model_dict["resnet8"](num_classes=10), teacher)
+    distiller, images = live_distiller_and_images()
     assert isinstance(distiller, ITRD) and ITRD.preact
     assert distiller.loss_weights == {"cls": 1.0, "kd": 0.0, "corr": 2.0, "mutual": 0.05}
     assert distiller.criterion.embed.linear.in_features == 64
@@ -152,5 +138,5 @@ def test_distiller_step():
     assert all(p.grad is not None for p in distiller.student.parameters())
     assert all(p.grad is None for p in distiller.teacher.parameters())
 
-    weights = distiller.method_weights(make_opt(beta=0.5, lambda_corr=2.0, lambda_mutual=1.0))
-    assert weights == {"corr": 1.0, "mutual": 0.5}  # β·λ
+    weights = distiller.method_weights(Weights(gamma=1.0, alpha=0.0, beta=0.5))
+    assert weights == pytest.approx({"corr": 0.5 * 2.0, "mutual": 0.5 * 0.05})  # β·λ

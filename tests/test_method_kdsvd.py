@@ -12,7 +12,7 @@ import distiller_zoo
 from dataset.batch import Batch
 from distiller_zoo import Outputs
 from distiller_zoo.kdsvd import KDSVD, KDSVDDistiller
-from helper.errors import UsageError
+from errors import UsageError
 from tests.distiller_checks import build_distiller, check_training_step
 
 
@@ -112,10 +112,8 @@ def test_unequal_channel_counts_are_a_usage_error():
         assert fragment in message
 
 
-def test_registered_name_and_recommended_weights():
+def test_registered_name():
     assert distiller_zoo.get("kdsvd") is KDSVDDistiller
-    rec = KDSVDDistiller.recommended
-    assert (rec.gamma, rec.alpha, rec.beta) == (1, 0, 1)
 
 
 def test_training_step_same_widths():

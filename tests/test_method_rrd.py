@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
-import pytest
 import torch
 
 import distiller_zoo
 from dataset.batch import Batch
+from distiller_zoo.registry import data_needs
 from distiller_zoo.rrd import RRD, RRDLoss
-from models import model_dict
 from tests.conftest import make_opt
-
-CRITERIA = Path(__file__).resolve().parents[2] / "shared" / "compat" / "criteria.json"
-
-# criteria.json "dist_RRDLoss_fifo": s_dim 64, t_dim 256, feat_dim 128, nce_k 32
-DS_RRD_KEYS = {
-    "memory.queue": [32, 128],
-    "memory.queue_ptr": [1],
-    "memory.embed_s.weight": [128, 64],
-    "memory.embed_s.bias": [128],
-    "memory.embed_t.weight": [128, 256],
-    "memory.embed_t.bias": [128],
-}
+from tests.distiller_checks import build_with_options
+from tests.fixtures import assert_built_as_upstream, upstream_options
 
 
 def small_opt(**overrides):
@@ -107,30 +94,29 @@ def test_teacher_embedding_gets_no_gradient_student_embedding_does():
     assert not any(p.requires_grad for p in loss.memory.embed_t.parameters())
 
 
-def test_state_dict_matches_distillers():
-    loss = RRDLoss(make_opt(s_dim=64, t_dim=256, feat_dim=128, nce_k=32, nce_t_s=0.1, nce_t_t=0.02))
-    assert {k: list(v.shape) for k, v in loss.state_dict().items()} == DS_RRD_KEYS
+def test_built_as_distillers_builds_it():
+    """``RRDLoss(opt)`` with the recorded options (a 32-row FIFO queue) has the distillers
+    repository's signature, keys and shapes."""
+    loss = RRDLoss(make_opt(**upstream_options("dist_RRDLoss_fifo")))
+    assert_built_as_upstream(loss, "dist_RRDLoss_fifo")
     assert loss.memory.queue_ptr.dtype == torch.long
 
 
-@pytest.mark.skipif(not CRITERIA.exists(), reason="shared compat data not present")
-def test_expected_keys_are_those_of_criteria_json():
-    entry = json.loads(CRITERIA.read_text())["dist_RRDLoss_fifo"]
-    assert {p["key"]: p["shape"] for p in entry["parameters"]} == DS_RRD_KEYS
-
-
-def build_distiller():
+def build_distiller(**overrides):
     torch.manual_seed(0)
-    opt = make_opt(distill="rrd", nce_k=16, beta=1.0)
-    student = model_dict["resnet8"](num_classes=10)
-    teacher = model_dict["resnet8x4"](num_classes=10)
-    return distiller_zoo.build(opt, student, teacher), opt
+    return build_with_options("rrd", "resnet8", "resnet8x4", **{"nce_k": 16, "beta": 1.0, **overrides})
+
+
+def test_distiller_criterion_is_the_distillers_one_for_the_same_sizes():
+    """resnet8 (64-d) → resnet8x4 (256-d) with a 32-row queue is the recorded RRDLoss."""
+    distiller, _ = build_distiller(nce_k=32)
+    assert_built_as_upstream(distiller.criterion, "dist_RRDLoss_fifo")
 
 
 def test_distiller_step_and_queue_round_trip():
     distiller, opt = build_distiller()
     assert isinstance(distiller, RRD) and distiller_zoo.get("rcd") is RRD
-    assert not RRD.data_needs(opt).drop_last  # partial batches are handled by the queue
+    assert not data_needs("rrd", vars(opt)).drop_last  # partial batches are handled by the queue
     distiller.train()
     assert not distiller.teacher.training
     batch = Batch(torch.randn(5, 3, 32, 32), torch.randint(10, (5,)))  # 16 mod 5 != 0

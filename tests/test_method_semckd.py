@@ -3,9 +3,6 @@ upstream keys (with the dead head stack), the batch-width constraint and a disti
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -13,19 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import distiller_zoo
-import models
+from distiller_zoo.registry import data_needs
 from distiller_zoo.semckd import Proj, SelfA, SemCKD, SemCKDLoss
-from helper.errors import UsageError
+from errors import UsageError
 from tests.conftest import make_opt
-from tests.distiller_checks import adaptive_avg_pool_reference, check_training_step, random_batch
-
-CRITERIA = Path(__file__).resolve().parents[2] / "shared" / "compat" / "criteria.json"
-
-
-def criteria_shapes(entry: str) -> dict[str, list[int]]:
-    """Keys and shapes of an upstream criterion's state, as recorded in ``criteria.json``."""
-    parameters = json.loads(CRITERIA.read_text())[entry]["parameters"]
-    return {p["key"]: p["shape"] for p in parameters}
+from tests.distiller_checks import adaptive_avg_pool_reference, build_with_options, check_training_step, random_batch
+from tests.fixtures import state_shapes, upstream_state_shapes
 
 
 def numpy_of(t: torch.Tensor) -> np.ndarray:
@@ -116,8 +106,7 @@ def test_projector_structure() -> None:
 
 def test_keys_match_upstream_and_dead_stack_is_frozen() -> None:
     attention = SelfA(8, s_n=[16, 32, 64], t_n=[32, 64, 128], soft=1.0)
-    state = {f"self_attention.{k}": list(v.shape) for k, v in attention.state_dict().items()}
-    assert state == criteria_shapes("simkd_SemCKD")
+    assert state_shapes(attention, "self_attention.") == upstream_state_shapes("simkd_SemCKD")
     for name, parameter in attention.named_parameters():
         assert parameter.requires_grad == (".regressor." not in name or name.startswith("regressor")), name
 
@@ -130,18 +119,15 @@ def test_batch_of_another_width_is_rejected() -> None:
 
 def build(batch_size: int = 8) -> tuple[SemCKD, object]:
     torch.manual_seed(0)
-    opt = make_opt(distill="semckd", model_s="resnet8", model_t="resnet20", gamma=1.0, alpha=1.0,
-                   beta=400.0, batch_size=batch_size)
-    return distiller_zoo.build(opt, models.model_dict["resnet8"](num_classes=10),
-                               models.model_dict["resnet20"](num_classes=10)), opt
+    return build_with_options("semckd", "resnet8", "resnet20", gamma=1.0, alpha=1.0, beta=400.0,
+                              batch_size=batch_size)
 
 
-def test_registered_name_flag_recommendation_and_full_batches() -> None:
+def test_registered_name_flag_and_full_batches() -> None:
     assert distiller_zoo.get("semckd") is SemCKD
-    assert (SemCKD.recommended.gamma, SemCKD.recommended.alpha, SemCKD.recommended.beta) == (1.0, 1.0, 400.0)
     opt = make_opt()
     assert opt.soft == 1.0
-    assert SemCKD.data_needs(opt).drop_last
+    assert data_needs("semckd", vars(opt)).drop_last
 
 
 def test_too_small_batch_is_a_usage_error() -> None:

@@ -4,27 +4,16 @@ checkpoint must carry."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import distiller_zoo
-import models
 from distiller_zoo.simkd import SimKD, SimKDDistiller
 from tests.conftest import make_opt
-from tests.distiller_checks import adaptive_avg_pool_reference, check_training_step, random_batch
-
-CRITERIA = Path(__file__).resolve().parents[2] / "shared" / "compat" / "criteria.json"
-
-
-def criteria_shapes(entry: str) -> dict[str, list[int]]:
-    """Keys and shapes of an upstream criterion's state, as recorded in ``criteria.json``."""
-    parameters = json.loads(CRITERIA.read_text())[entry]["parameters"]
-    return {p["key"]: p["shape"] for p in parameters}
+from tests.distiller_checks import adaptive_avg_pool_reference, build_with_options, check_training_step, random_batch
+from tests.fixtures import state_shapes, upstream_state_shapes
 
 
 def hand_projector(simkd: SimKD, x: torch.Tensor) -> torch.Tensor:
@@ -78,23 +67,17 @@ def test_simkd_matches_hand_computation(s_shape, t_shape) -> None:
 @pytest.mark.parametrize(("entry", "s_n", "t_n"), [
     ("simkd_SimKD", 64, 128), ("simkd_SimKD_pool_s", 32, 128), ("simkd_SimKD_pool_t", 64, 64)])
 def test_keys_match_upstream(entry: str, s_n: int, t_n: int) -> None:
-    state = {f"simkd.{k}": list(v.shape) for k, v in SimKD(s_n=s_n, t_n=t_n, factor=2).state_dict().items()}
-    state |= {f"cls_t.{k}": list(v.shape) for k, v in nn.Linear(t_n, 100).state_dict().items()}
-    assert state == criteria_shapes(entry)
+    state = state_shapes(SimKD(s_n=s_n, t_n=t_n, factor=2), "simkd.") | state_shapes(nn.Linear(t_n, 100), "cls_t.")
+    assert state == upstream_state_shapes(entry)
 
 
 def build(model_s: str = "resnet8", model_t: str = "resnet8x4", **overrides) -> tuple[SimKDDistiller, object]:
     torch.manual_seed(0)
-    options = {"gamma": 0.0, "alpha": 0.0, "beta": 1.0, **overrides}
-    opt = make_opt(distill="simkd", model_s=model_s, model_t=model_t, **options)
-    return distiller_zoo.build(opt, models.model_dict[model_s](num_classes=10),
-                               models.model_dict[model_t](num_classes=10)), opt
+    return build_with_options("simkd", model_s, model_t, **{"gamma": 0.0, "alpha": 0.0, "beta": 1.0, **overrides})
 
 
-def test_registered_name_flag_and_recommendation() -> None:
+def test_registered_name_and_factor_flag() -> None:
     assert distiller_zoo.get("simkd") is SimKDDistiller
-    recommended = SimKDDistiller.recommended
-    assert (recommended.gamma, recommended.alpha, recommended.beta) == (0.0, 0.0, 1.0)
     assert make_opt().factor == 2
     distiller, _ = build(factor=4)
     assert distiller.simkd.transfer[0].out_channels == 256 // 4

@@ -3,26 +3,14 @@ frozen teacher classifier."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch import nn
 
 import distiller_zoo
-import models
 from distiller_zoo.srrl import SRRL, SRRLDistiller
-from tests.conftest import make_opt
-from tests.distiller_checks import check_training_step, random_batch
-
-CRITERIA = Path(__file__).resolve().parents[2] / "shared" / "compat" / "criteria.json"
-
-
-def criteria_shapes(entry: str) -> dict[str, list[int]]:
-    """Keys and shapes of an upstream criterion's state, as recorded in ``criteria.json``."""
-    parameters = json.loads(CRITERIA.read_text())[entry]["parameters"]
-    return {p["key"]: p["shape"] for p in parameters}
+from tests.distiller_checks import build_with_options, check_training_step, random_batch
+from tests.fixtures import state_shapes, upstream_state_shapes
 
 
 def hand_transfer(srrl: SRRL, e_s: np.ndarray, training: bool) -> np.ndarray:
@@ -71,22 +59,17 @@ def test_gradient_flows_through_the_frozen_teacher_classifier() -> None:
 
 
 def test_keys_match_upstream() -> None:
-    state = {f"srrl.{k}": list(v.shape) for k, v in SRRL(s_n=64, t_n=256).state_dict().items()}
-    state |= {f"cls_t.{k}": list(v.shape) for k, v in nn.Linear(256, 100).state_dict().items()}
-    assert state == criteria_shapes("simkd_SRRL")
+    state = state_shapes(SRRL(s_n=64, t_n=256), "srrl.") | state_shapes(nn.Linear(256, 100), "cls_t.")
+    assert state == upstream_state_shapes("simkd_SRRL")
 
 
 def build() -> tuple[SRRLDistiller, object]:
     torch.manual_seed(0)
-    opt = make_opt(distill="srrl", model_s="resnet8", model_t="resnet8x4", gamma=1.0, alpha=1.0, beta=1.0)
-    return distiller_zoo.build(opt, models.model_dict["resnet8"](num_classes=10),
-                               models.model_dict["resnet8x4"](num_classes=10)), opt
+    return build_with_options("srrl", "resnet8", "resnet8x4", gamma=1.0, alpha=1.0, beta=1.0)
 
 
-def test_registered_name_and_recommendation() -> None:
+def test_registered_name() -> None:
     assert distiller_zoo.get("srrl") is SRRLDistiller
-    recommended = SRRLDistiller.recommended
-    assert (recommended.gamma, recommended.alpha, recommended.beta) == (1.0, 1.0, 1.0)
 
 
 def test_distiller_term_on_real_networks() -> None:

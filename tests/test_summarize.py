@@ -1,4 +1,7 @@
-"""scripts/summarize.py: the paper-layout table from run folders with known accuracies."""
+"""scripts/summarize.py: the paper-layout table from run folders with known accuracies.
+
+Also the pieces it is made of: run folder names read back (helper/run_names.py) and Markdown tables.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +11,11 @@ import statistics
 
 import pytest
 
+from helper import run_names
+from scripts import results, summarize
+from scripts.markdown_tables import markdown_table
 from tests.conftest import run_main
-from tests.runfolders import script, write_run
-
-summarize = script("summarize")
+from tests.runfolders import write_run
 
 KD = ("kd", (0.1, 0.9, 0.0))  # the KD row: RepDistiller's -r 0.1 -a 0.9 -b 0
 CRD_KD = ("crd", (1.0, 1.0, 0.8))  # the CRD+KD row
@@ -189,3 +193,128 @@ def test_val_split_selects_the_best_epoch_on_validation_never_on_test(tmp_path, 
     text = capsys.readouterr().out
     assert "selected on the held-out validation split" in text.splitlines()[0]
     assert f"| {cell([test_curve[by_val - 1]])} |" in text.splitlines()[4]
+
+
+# ---------------------------------------------------------------------------------------------
+# Finished runs outside the paper tables
+
+
+def other_rows(text: str) -> list[list[str]]:
+    """The body rows of the table of finished runs outside the paper tables."""
+    section = text[text.index("## Finished runs outside the tables above"):]
+    section = section.split("\n\n## ", 1)[0].split("Incomplete runs", 1)[0]
+    return [[part.strip() for part in line.strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| ") and not line.startswith(("| kind", "| ---"))]
+
+
+def test_a_finished_run_in_no_pair_is_shown_not_hidden(tmp_path, capsys):
+    write_run(tmp_path, "resnet8", [50.0, 61.5])  # resnet8 is in no standard pair, and nothing was distilled
+    assert summarize.main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    text = capsys.readouterr().out
+    assert "No finished runs." not in text
+    assert other_rows(text) == [["vanilla", "cifar100", "resnet8", "—", "—", "—", cell([61.5]), "1.00"]]
+    with (tmp_path / "out" / "table_last_other.csv").open() as handle:
+        (row,) = csv.DictReader(handle)
+    assert (row["model"], float(row["mean"]), row["n"]) == ("resnet8", 61.5, "1")
+
+
+def test_runs_the_paper_tables_leave_out_go_below_them(save, tmp_path, capsys):
+    write_run(save, "resnet8", [50.0, 61.5])  # in no pair
+    write_run(save, "resnet110", [70.0, 74.0])  # a standard teacher, but none of its students has run
+    write_run(save, "resnet8", [80.0, 90.0], dataset="cifar10")
+    write_run(save, "vgg8", [60.0, float("nan")], teacher="vgg13", method=KD[0], weights=KD[1])  # diverged
+    write_run(save, "resnet20", [30.0], teacher="resnet56", method=KD[0], weights=KD[1], finished=False)
+    summarize.main([str(save), "--out", str(tmp_path / "out")])
+    text = capsys.readouterr().out
+    tables = text[:text.index("## Finished runs outside")]
+    assert row_of(tables, "KD") == [cell([73.1, 73.9, 74.4]), "—"]  # the paper tables are as before
+    assert "resnet110" not in tables and "resnet56→resnet20" not in tables
+    assert other_rows(text) == [
+        ["vanilla", "cifar10", "resnet8", "—", "—", "—", cell([90.0]), "1.00"],
+        ["vanilla", "cifar100", "resnet110", "—", "—", "—", cell([74.0]), "1.00"],
+        ["vanilla", "cifar100", "resnet8", "—", "—", "—", cell([61.5]), "1.00"],
+        ["distilled", "cifar100", "vgg8", "vgg13", "KD", "0.1/0.9/0.0", "—", "1.00"],
+    ]  # the unfinished resnet20 run is listed as incomplete only
+    assert "S:resnet20_T:resnet56_cifar100_kd" in text[text.index("Incomplete runs"):]
+
+
+def test_a_standard_pair_on_another_data_set_gets_a_table_of_its_own(tmp_path, capsys):
+    write_run(tmp_path, STUDENT, [50.0, 60.0], teacher=TEACHER, method=KD[0], weights=KD[1], dataset="cifar10")
+    summarize.main([str(tmp_path), "--out", str(tmp_path / "out")])
+    text = capsys.readouterr().out
+    assert row_of(text, "KD", "## cifar10: Pairs") == [cell([60.0])]
+    assert "outside the tables" not in text
+
+
+def test_no_finished_run_at_all_says_so(tmp_path, capsys):
+    write_run(tmp_path, STUDENT, [60.0], teacher=TEACHER, method=KD[0], weights=KD[1], finished=None)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "table_last_other.csv").write_text("stale\n")
+    summarize.main([str(tmp_path), "--out", str(tmp_path / "out")])
+    text = capsys.readouterr().out
+    assert "No finished runs." in text and "outside the tables" not in text
+    assert not (tmp_path / "out" / "table_last_other.csv").exists()  # an old one cannot pass for current
+
+
+# ---------------------------------------------------------------------------------------------
+# Run folder names and Markdown tables
+
+
+NAMED_PAIRS = [("wrn_16_2", "wrn_40_2"), ("MobileNetV2_1_0", "ResNet50_Imagenet"), ("resnet8x4", "resnet32x4"),
+               ("resnext50_32x4d", "wrn_50_2")]
+
+
+def test_run_names_keep_the_upstream_format():
+    assert run_names.teacher_run_name("wrn_40_2", "cifar100", 3) == "wrn_40_2_vanilla_cifar100_trial_3"
+    assert run_names.student_run_name("resnet8x4", "resnet32x4", "cifar100", "kd", 0.1, 0.9, 0, "1") == \
+        "S:resnet8x4_T:resnet32x4_cifar100_kd_r:0.1_a:0.9_b:0.0_1"
+    assert run_names.student_run_name("vgg8", "vgg13", "cifar100", "crd", 1, 1e-5, 0.8, 2) == \
+        "S:vgg8_T:vgg13_cifar100_crd_r:1.0_a:1e-05_b:0.8_2"
+    save = run_names.run_dir("save", run_names.DISTILLED, "x")
+    assert save.parts == ("save", "students", "models", "x")
+    assert run_names.tensorboard_dir("save", run_names.VANILLA, "x").parts == ("save", "teachers", "tensorboard", "x")
+
+
+@pytest.mark.parametrize("separator", [":", "~", "_"])
+@pytest.mark.parametrize("student, teacher", NAMED_PAIRS)
+def test_a_student_run_name_reads_back_whatever_the_separator(student, teacher, separator):
+    name = run_names.student_run_name(student, teacher, "imagenet", "dkd", 1.0, 0.0, 1e-05, "run_2")
+    parsed = run_names.parse_run_name(name.replace(":", separator))
+    assert parsed == run_names.RunName(run_names.DISTILLED, student, teacher, "imagenet", "dkd", (1.0, 0.0, 1e-05),
+                                       "run_2")
+
+
+@pytest.mark.parametrize("model", ["wrn_40_2", "MobileNetV2_1_0", "resnet8"])
+def test_a_teacher_run_name_reads_back(model):
+    parsed = run_names.parse_run_name(run_names.teacher_run_name(model, "cifar10", "7"))
+    assert parsed == run_names.RunName(run_names.VANILLA, model, None, "cifar10", None, None, "7")
+
+
+@pytest.mark.parametrize("name", [
+    "tensorboard", "resnet56_vanilla", "resnet8_vanilla_cifar100_trial_",
+    "S:resnet8_T:resnet8_cifar100_kd_r:x_a:0.9_b:0.0_1",  # a weight that is no number
+    "S:resnet8_T:resnet8_cifar100_kd_r:0.1_a:0.9_1",  # no beta
+])
+def test_names_of_no_run_read_back_as_none(name):
+    assert run_names.parse_run_name(name) is None
+
+
+def test_a_copied_folder_without_summary_joins_its_experiment(tmp_path):
+    """A run folder copied where ``:`` is not allowed (``~``) is still grouped with its trials."""
+    finished = write_run(tmp_path, "wrn_16_2", [60.0, 70.0], teacher="wrn_40_2", method=KD[0], weights=KD[1])
+    copied = write_run(tmp_path, "wrn_16_2", [61.0], teacher="wrn_40_2", method=KD[0], weights=KD[1], trial="2",
+                       finished=None)
+    copied.rename(copied.with_name(copied.name.replace(":", "~")))
+    groups = results.group_runs(results.find_runs(tmp_path))
+    assert [[run.path.name for run in members] for members in groups.values()] == [
+        [finished.name, copied.name.replace(":", "~")]]
+    (key,) = groups
+    assert key == results.GroupKey(run_names.DISTILLED, "cifar100", "wrn_16_2", "wrn_40_2", "kd", KD[1])
+
+
+def test_markdown_table_escapes_pipes_and_pads_short_rows():
+    table = markdown_table(["method", "a→b", "c"], [["KD", "1 | 2", "x"], ["CRD"]])
+    assert table.splitlines() == ["| method | a→b | c |", "| --- | --- | --- |", r"| KD | 1 \| 2 | x |",
+                                  "| CRD |  |  |"]
+    with pytest.raises(ValueError, match="more cells"):
+        markdown_table(["a"], [["1", "2"]])

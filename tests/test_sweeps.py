@@ -15,12 +15,8 @@ import pytest
 
 import distiller_zoo
 from helper.options import parse_student_args, parse_teacher_args
-from tests.runfolders import REPO, script
-
-sweep = script("sweep")
-published = script("published")
-summarize = script("summarize")
-plot_curves = script("plot_curves")
+from scripts import plot_curves, published, summarize, sweep
+from tests.runfolders import REPO
 
 KD_ROWS = ("crd", "rrd", "dcd")  # the "+KD" rows of METHODS.md §4
 # FSP and KDSVD match maps channel by channel: of the standard pairs, only these have equal widths
@@ -86,13 +82,19 @@ def test_vanilla_dry_run_is_every_network_once_per_trial(tmp_path):
     assert "--nce_k 64" in done.stderr  # student-only flags are named as dropped
 
 
-def test_filters_select_rows_and_a_non_standard_pair_runs_as_given(tmp_path, capsys):
-    released = tmp_path / "teachers" / "resnet8_vanilla" / "ckpt_epoch_240.pth"  # RepDistiller's layout
+@pytest.fixture
+def released_teacher(tmp_path):
+    """A teacher checkpoint where the distill sweep finds one, so that its commands would start."""
+    released = tmp_path / "teachers" / "resnet8_vanilla" / "ckpt_epoch_240.pth"
     released.parent.mkdir(parents=True)
     released.touch()
-    env = {"PAIRS": "resnet8:resnet8", "METHODS": "kd,fitnet,crd+kd", "TRIALS": "2",
-           "TEACHER_DIR": str(tmp_path / "teachers"), "SAVE_DIR": str(tmp_path / "save")}
-    commands = dry_run("distill", env, capsys)
+    return {"PAIRS": "resnet8:resnet8", "METHODS": "kd", "TRIALS": "2", "TEACHER_DIR": str(tmp_path / "teachers"),
+            "SAVE_DIR": str(tmp_path / "save")}
+
+
+def test_filters_select_rows_and_a_non_standard_pair_runs_as_given(tmp_path, released_teacher, capsys):
+    released = tmp_path / "teachers" / "resnet8_vanilla" / "ckpt_epoch_240.pth"  # RepDistiller's layout
+    commands = dry_run("distill", {**released_teacher, "METHODS": "kd,fitnet,crd+kd"}, capsys)
     options = [parse_student_args(argv[2:]) for argv in commands]
     per_trial = [("kd", 0.9), ("hint", 0.0), ("crd", 1.0)]  # trials are the outer loop
     assert [(opt.distill, opt.alpha, opt.trial) for opt in options] == [
@@ -110,6 +112,43 @@ def test_filters_select_rows_and_a_non_standard_pair_runs_as_given(tmp_path, cap
 def test_bad_settings_fail_before_anything_runs(env, message, capsys):
     assert sweep.main(["distill"], {"DRY_RUN": "1", "PAIRS": "resnet8:resnet8", **env}) == 2
     assert message in capsys.readouterr().err
+
+
+# Flags the sweep sets itself, in every spelling train_student.py accepts: EXTRA_ARGS may not repeat them.
+OWNED_FLAGS = [
+    "--trial 5", "--trial=5", "--tri 5", "--seed 3", "--distill crd", "--distill=crd", "--model_s resnet8",
+    "--model-s=resnet8", "--model_t resnet8", "--model-t resnet8", "--path_t t.pth", "--path-t=t.pth",
+    "-r 0.5", "-r0.5", "--gamma 0.5", "-c 0.5", "--cls=0.5", "-a 1", "--alpha=1", "-d 1", "--div 1",
+    "-b 0.3", "--beta 0.3", "--save_dir /elsewhere", "--save-dir=/elsewhere", "--dataset cifar10",
+    "--data_root /elsewhere", "--data-root /elsewhere", "--resume latest.pth", "--model resnet8",
+]
+
+
+@pytest.mark.parametrize("kind", ["vanilla", "distill"])
+@pytest.mark.parametrize("extra", OWNED_FLAGS)
+def test_extra_args_may_not_set_what_the_sweep_sets(kind, extra, released_teacher, monkeypatch, capsys):
+    started = []
+    monkeypatch.setattr(sweep, "_run", started.append)
+    assert sweep.main([kind], {**released_teacher, "EXTRA_ARGS": f"--epochs 1 {extra}"}) == 2
+    out, err = capsys.readouterr()
+    assert started == [] and out == ""
+    assert len(err.splitlines()) == 1 and err.startswith("error: EXTRA_ARGS")
+    assert extra.split()[0].split("=")[0] in err
+
+
+def test_a_refused_flag_says_where_to_set_it_instead(released_teacher, capsys):
+    assert sweep.main(["distill"], {**released_teacher, "EXTRA_ARGS": "--nce_k 64 --trial=5 -c 0.5"}) == 2
+    err = capsys.readouterr().err
+    assert "--trial=5 sets --trial (TRIALS)" in err and "-c 0.5 sets --gamma (METHODS" in err
+    assert "nce_k" not in err
+
+
+def test_gpu_id_is_refused_only_when_gpus_sets_it(released_teacher, capsys):
+    env = {**released_teacher, "EXTRA_ARGS": "--gpu_id 1"}
+    assert sweep.main(["vanilla"], {**env, "GPUS": "0", "DRY_RUN": "1"}) == 2
+    assert "sets --gpu_id (GPUS)" in capsys.readouterr().err
+    commands = dry_run("vanilla", env, capsys)
+    assert {parse_teacher_args(argv[2:]).gpu_id for argv in commands} == {"1"}
 
 
 def test_finished_runs_are_skipped(tmp_path, capsys):

@@ -87,7 +87,6 @@ class _RecordingLoader:
 
 
 def main(kind: str, argv: list[str]) -> int:
-    sys.path.insert(0, str(REPO))
     import torch
 
     import dataset
@@ -110,12 +109,12 @@ def main(kind: str, argv: list[str]) -> int:
     execute = driver.Run.execute
 
     def recording_execute(run: Any) -> Any:
-        initial = {key: value.clone() for key, value in run.distiller.student.state_dict().items()}
+        initial = {key: value.clone() for key, value in run.task.student.state_dict().items()}
         summary = execute(run)
         record = {"rank": run.process.rank, "world_size": run.process.world_size, "batches": batches,
                   "initial_student": initial,
-                  "method_state": run.distiller.trainable_state_dict(),
-                  "student": run.distiller.student.state_dict(), "writes": list(writes)}
+                  "method_state": run.task.trainable_state_dict(),
+                  "student": run.task.student.state_dict(), "writes": list(writes)}
         torch.save(record, Path(os.environ["PROBE_DIR"]) / f"rank{rank}.pt")
         return summary
 
