@@ -15,8 +15,9 @@ batch by grouping the images that drew the same operation and magnitude, using t
 operations and policy table of ``torchvision.transforms.AutoAugment``, which the reference
 loader applies image by image to PIL images. The two loaders therefore draw from the same
 distribution; for the same draws the pixels agree up to the rounding of the PIL and tensor
-kernels (under one grey level on average). Without a strong view no extra random number is
-drawn, so the ordinary view is the same with or without one.
+kernels (under one grey level on average). The strong view's streams are its own (its crops
+and flips on the device, its policy draws on the CPU), so the ordinary view is the same with
+or without it.
 """
 
 from __future__ import annotations

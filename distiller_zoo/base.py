@@ -43,10 +43,15 @@ class Outputs:
 
 @dataclass(frozen=True)
 class Argument:
-    """A command-line flag a method reads (declared by the method, added by the options layer)."""
+    """A command-line flag a method reads (declared by the method, added by the options layer).
+
+    A float flag takes finite, non-negative values (weights, temperatures, rates) unless it is
+    declared ``signed``.
+    """
 
     flags: tuple[str, ...]
     options: dict[str, Any] = field(default_factory=dict)
+    signed: bool = False
 
     @property
     def dest(self) -> str:
@@ -58,9 +63,9 @@ class Argument:
         return self.options.get("default")
 
 
-def argument(*flags: str, **options: Any) -> Argument:
+def argument(*flags: str, signed: bool = False, **options: Any) -> Argument:
     """Declare a method flag: ``argument("--nce_k", type=int, default=16384, help=...)``."""
-    return Argument(tuple(flags), options)
+    return Argument(tuple(flags), options, signed)
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,9 @@ class Distiller(TrainingTask):
     preact: ClassVar[bool] = False
     uses_features: ClassVar[bool] = True  # False: the method reads logits only, no feature maps are kept
     arguments: ClassVar[tuple[Argument, ...]] = ()
+    # Why the method's student is no network on its own (its predictions need parts of the method's
+    # state), or None: such a student cannot serve as a teacher.
+    not_standalone: ClassVar[str | None] = None
 
     def __init__(self, student: nn.Module, teacher: nn.Module, setup: DistillSetup):
         super().__init__(student)
@@ -148,6 +156,11 @@ class Distiller(TrainingTask):
 
     # ----------------------------------------------------------------------------------------
     # What a method overrides.
+
+    @classmethod
+    def recognises_checkpoint(cls, checkpoint: dict[str, Any]) -> bool:
+        """Whether a checkpoint that records no method is this method's student (its upstream file layout)."""
+        return False
 
     @classmethod
     def pairing_problem(cls, student_shapes: list[torch.Size], teacher_shapes: list[torch.Size]) -> str | None:
@@ -232,9 +245,10 @@ class Distiller(TrainingTask):
         which inference tensors do not allow.
         """
         with torch.inference_mode():
-            if not self.uses_features:
-                return Outputs([], self.teacher(images).clone())
-            features, logits = self.teacher(images, is_feat=True, preact=self.preact)
+            if self.uses_features:
+                features, logits = self.teacher(images, is_feat=True, preact=self.preact)
+            else:
+                features, logits = [], self.teacher(images)
         return Outputs([f.clone() for f in features], logits.clone())
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -10,6 +10,6 @@ MODE = argument("--mode", default="exact", choices=["exact", "relax"],
                 help="CRD positive: the sample itself (exact) or a random same-class sample (relax)")
 INIT_EPOCHS = argument("--init_epochs", type=int, default=30,
                        help="pre-training epochs of the two-stage methods (AB, FT, FSP)")
-LOGIT_STAND = argument("--logit_stand", action="store_true",
+LOGIT_STAND = argument("--logit_stand", action="store_true", default=False,
                       help="logit standardisation (Sun et al. 2024): z-score the logits before softening "
                            "(KD, DKD, MLKD, CTKD, DIST)")

@@ -22,6 +22,8 @@ student's own logits but weigh nothing, so the student's own classifier gets no 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -75,6 +77,14 @@ class SimKDDistiller(Distiller):
 
     recommended = Weights(gamma=0.0, alpha=0.0, beta=1.0)
     arguments = (FACTOR,)
+    not_standalone = "student + projector + teacher classifier"
+
+    @classmethod
+    def recognises_checkpoint(cls, checkpoint: dict[str, Any]) -> bool:
+        """SimKD's own student files keep the projector under ``'proj'``; older files of ours under ``simkd.*``."""
+        distiller = checkpoint.get("distiller")
+        return "proj" in checkpoint or (isinstance(distiller, dict)
+                                        and any(str(key).startswith("simkd.") for key in distiller))
 
     def __init__(self, student: nn.Module, teacher: nn.Module, setup: DistillSetup, *, factor: int):
         super().__init__(student, teacher, setup)

@@ -22,20 +22,19 @@ from typing import Any
 
 import torch
 
+import distiller_zoo
 from errors import UsageError
 from helper.run_names import parse_run_name
 from models import model_dict
+from models.library import torchvision_file_arch
 from models.registry import IMAGENET_ALIASES
+from models.spec import LIBRARIES, spec_from_component
 
 CHECKPOINT_SUFFIXES = (".pth", ".safetensors")
 WEIGHT_FORMATS = ("{'model': state_dict} (RepDistiller, SimKD, this repository)", "{'net': state_dict} (HSAKD)",
                   "{'state_dict': state_dict} (timm, Lightning)", "a plain state dict of tensors (torchvision)")
 WRAPPER_PREFIXES = ("module.", "model.")  # DistributedDataParallel, Lightning
 LISTED_CHECKPOINTS = 5
-
-# Methods whose student is not a network on its own: its predictions go through parts kept in the
-# method's state (SimKD: a projector and the teacher's classifier), so it cannot serve as a teacher.
-NOT_STANDALONE_METHODS = frozenset({"simkd"})
 
 # Flags that may differ when a run is resumed: where things are, how fast, how often to log or save,
 # how long to train. Every other flag, and the training-set size, changes the numbers of the run.
@@ -190,20 +189,14 @@ def model_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
     return _strip_wrapper_prefixes(weights)
 
 
-def _recorded_method(checkpoint: dict[str, Any]) -> str | None:
-    """The distillation method a student checkpoint was trained with, from whatever it records.
-
-    This repository records ``'method'`` (and ``'args'``); SimKD's own student files carry the
-    projector under ``'proj'``; older files of ours have SimKD's projector in the method state.
-    """
+def _recorded_method(checkpoint: dict[str, Any]) -> type[distiller_zoo.Distiller] | None:
+    """The method a student checkpoint was trained with: its record (``'method'``, ``'args'``), else
+    the method that recognises the file's layout (a method's own upstream files record nothing)."""
     args = checkpoint.get("args")
     method = checkpoint.get("method") or (args.get("distill") if isinstance(args, dict) else None)
     if method is not None:
-        return str(method)
-    distiller = checkpoint.get("distiller")
-    if "proj" in checkpoint or (isinstance(distiller, dict) and any(str(k).startswith("simkd.") for k in distiller)):
-        return "simkd"
-    return None
+        return distiller_zoo.DISTILLERS.get(distiller_zoo.registry.ALIASES.get(str(method), str(method)))
+    return next((cls for cls in distiller_zoo.DISTILLERS.values() if cls.recognises_checkpoint(checkpoint)), None)
 
 
 def _recorded_dataset(checkpoint: dict[str, Any]) -> str | None:
@@ -225,9 +218,9 @@ def check_teacher(checkpoint: dict[str, Any], path: str | Path, dataset: str) ->
         raise UsageError(f"teacher {path} was trained on {recorded}, as its checkpoint records, not on "
                          f"--dataset {dataset}; use a teacher trained on {dataset}")
     method = _recorded_method(checkpoint)
-    if method in NOT_STANDALONE_METHODS:
-        raise UsageError(f"teacher {path} is a {method} student checkpoint (student + projector + teacher "
-                         f"classifier); a {method} student cannot be used as a plain teacher: pass a teacher "
+    if method is not None and method.not_standalone is not None:
+        raise UsageError(f"teacher {path} is a {method.name} student checkpoint ({method.not_standalone}); a "
+                         f"{method.name} student cannot be used as a plain teacher: pass a teacher "
                          "trained with train_teacher.py, or a student of another method")
 
 
@@ -265,19 +258,24 @@ def check_resume_flags(recorded: Mapping[str, Any] | None, current: Mapping[str,
 
 
 def infer_arch_from_path(path: str | Path) -> str | None:
-    """The teacher architecture from its folder name, as RepDistiller and SimKD name folders.
+    """The teacher architecture from its folder name, as RepDistiller and SimKD name folders, or its file name.
 
-    A student run folder (``S:<arch>_T:...``) gives the student's architecture; otherwise the
-    longest registered model name that the folder name starts with (followed by ``_``) wins,
-    which also handles names containing ``_`` (``MobileNetV2_1_0``, ``wrn_40_2``) that the
-    upstream split rule mis-parses.
+    A run folder of this repository (``S:<arch>_T:...``, ``<arch>_vanilla_...``) gives its
+    network, a library one included (``timm-resnet18_vanilla_...`` → ``timm:resnet18``);
+    otherwise the longest registered model name that the folder name starts with (followed by
+    ``_``) wins, which also handles names containing ``_`` (``MobileNetV2_1_0``, ``wrn_40_2``)
+    that the upstream split rule mis-parses. Last, torchvision's weight files name their network
+    (``resnet34-b627a593.pth`` → ``ResNet34``, see models/library.py).
     """
     directory = Path(path).resolve().parent.name
     names = sorted([*model_dict, *IMAGENET_ALIASES], key=len, reverse=True)
     run = parse_run_name(directory)
-    if run is not None and run.model in names:
-        return run.model
-    return next((name for name in names if directory == name or directory.startswith(name + "_")), None)
+    if run is not None:
+        spec = spec_from_component(run.model)
+        if spec.split("@")[0] in names or spec.partition(":")[0] in LIBRARIES:
+            return spec
+    folder = next((name for name in names if directory == name or directory.startswith(name + "_")), None)
+    return folder or torchvision_file_arch(Path(path).name)
 
 
 def teacher_arch(checkpoint: dict[str, Any], path: str | Path, model_t: str | None) -> str:
@@ -299,7 +297,7 @@ def load_weights(network: torch.nn.Module, state: dict[str, torch.Tensor], path:
         network.load_state_dict(state, strict=True)
     except RuntimeError as error:
         text = str(error)
-        if "size mismatch" in text and any(k.endswith(("fc.weight", "linear.weight", "classifier.weight",
+        if "size mismatch" in text and any(k.endswith(("fc.weight", "linear.weight", "classifier.weight", "head.weight",
                                                        "classifier.0.weight", "classifier.1.weight"))
                                            for k in re.findall(r"size mismatch for ([\w.]+)", text)):
             raise UsageError(f"teacher {path} has a different number of classes than the data set; "

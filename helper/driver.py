@@ -35,6 +35,7 @@ from helper.run_folder import check_writable, claim_run_folder
 from helper.seeding import rng_state, seed_everything, set_rng_state
 from helper.signals import StopFlag
 from helper.teacher import build_teacher, read_teacher
+from models.spec import spec_component
 
 AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -66,7 +67,8 @@ def run_name(opt: argparse.Namespace, teacher_arch: str | None) -> str:
     """The run folder name (RepDistiller/SimKD naming) of a teacher run, or of a student run of ``teacher_arch``."""
     if teacher_arch is None:
         return run_names.teacher_run_name(opt.model, opt.dataset, opt.trial)
-    return run_names.student_run_name(opt.model_s, teacher_arch, opt.dataset, opt.distill, opt.gamma, opt.alpha,
+    method = opt.distill if opt.optimizer == "sgd" else f"{opt.distill}+{opt.optimizer}"  # DOT runs apart
+    return run_names.student_run_name(opt.model_s, teacher_arch, opt.dataset, method, opt.gamma, opt.alpha,
                                       opt.beta, opt.trial)
 
 
@@ -87,7 +89,8 @@ class Run:
         check_writable(save_dir)
         run_kind = run_names.VANILLA if kind == "teacher" else run_names.DISTILLED
         self.student_name = student_name(opt)
-        teacher_file = read_teacher(opt.path_t, opt.model_t, opt.dataset) if kind == "student" else None
+        teacher_file = (read_teacher(opt.path_t, opt.model_t, opt.dataset, opt.pretrained_t) if kind == "student"
+                        else None)
         self.teacher_arch = None if teacher_file is None else teacher_file.arch
         self.name = run_name(opt, self.teacher_arch)
         self.run_dir = run_names.run_dir(save_dir, run_kind, self.name)
@@ -272,11 +275,11 @@ class Run:
                              f"test_acc {test['acc1']:.2f} ({train['images_per_second']:.0f} img/s)")
             state = self._checkpoint_state(self.optimizer, self.scheduler)
             if improved:
-                self._save(f"{self.student_name}_best.pth", {**state, "accuracy": selection})
+                self._save(f"{spec_component(self.student_name)}_best.pth", {**state, "accuracy": selection})
             if epoch % opt.save_freq == 0:
                 self._save(f"ckpt_epoch_{epoch}.pth", {**state, "accuracy": test["acc1"]})
             if epoch == opt.epochs:
-                self._save(f"{self.student_name}_last.pth", {**state, "accuracy": test["acc1"]})
+                self._save(f"{spec_component(self.student_name)}_last.pth", {**state, "accuracy": test["acc1"]})
             self._save("latest.pth", state)
 
     def _recorded_args(self) -> dict[str, Any]:

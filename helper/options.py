@@ -18,8 +18,14 @@ from dataset.catalog import BAD_IMAGE_CHOICES, DATASETS, LOADERS
 from distiller_zoo.registry import all_arguments
 from errors import UsageError
 from helper.distributed import check_distributed_options
+from helper.optim import DOT_DELTA, OPTIMIZERS
 from models import model_dict, model_info
-from models.registry import IMAGENET_ALIASES
+from models.library import check_library_name
+from models.registry import IMAGENET_ALIASES, uses_small_lr
+from models.spec import make_spec, parse_spec
+
+MODEL_HELP = "any name in models.model_dict, or timm:<name> / torchvision:<name> (a timm or torchvision classifier)"
+MODEL_ARGS_HELP = "constructor arguments key=value,... (e.g. patch_size=4,depth=6 for a CIFAR ViT)"
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -103,9 +109,9 @@ def _common_parser(description: str) -> argparse.ArgumentParser:
     optim.add_argument("--lr_decay_rate", type=float, default=0.1)
     optim.add_argument("--weight_decay", type=float, default=5e-4)
     optim.add_argument("--momentum", type=float, default=0.9)
-    optim.add_argument("--optimizer", default="sgd", choices=["sgd", "dot"],
+    optim.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS,
                        help="sgd, or dot: DOT's separate task and distillation momenta (--momentum ∓ --dot_delta)")
-    optim.add_argument("--dot_delta", type=float, default=0.075, help="DOT's momentum offset Δ")
+    optim.add_argument("--dot_delta", type=non_negative_float, default=DOT_DELTA, help="DOT's momentum offset Δ")
 
     run = parser.add_argument_group("run")
     run.add_argument("--trial", default="0", help="experiment id, part of the run folder name")
@@ -136,17 +142,24 @@ def _common_parser(description: str) -> argparse.ArgumentParser:
 def teacher_parser() -> argparse.ArgumentParser:
     """The parser of train_teacher.py."""
     parser = _common_parser("Train a network with cross-entropy (a teacher, or a plain student).")
-    parser.add_argument("--model", default="resnet32x4", help="any name in models.model_dict")
+    parser.add_argument("--model", default="resnet32x4", help=MODEL_HELP)
+    parser.add_argument("--model_args", default=None, help=MODEL_ARGS_HELP)
     return parser
 
 
 def student_parser() -> argparse.ArgumentParser:
     """The parser of train_student.py: the teacher flags plus distillation and method flags."""
     parser = _common_parser("Distil a teacher into a student with one of the registered methods.")
-    parser.add_argument("--model_s", default="resnet8x4", help="student: any name in models.model_dict")
-    parser.add_argument("--path_t", required=True, help="teacher checkpoint")
+    parser.add_argument("--model_s", default="resnet8x4", help=f"student: {MODEL_HELP}")
+    parser.add_argument("--model_s_args", default=None, help=f"student {MODEL_ARGS_HELP}")
+    parser.add_argument("--path_t", default=None,
+                        help="teacher checkpoint: this repository's, RepDistiller's/SimKD's {'model': ...}, "
+                             "{'state_dict': ...} (timm), a plain state dict (torchvision) or .safetensors")
+    parser.add_argument("--pretrained_t", action="store_true",
+                        help="instead of --path_t: the teacher --model_t with its library's pretrained weights")
     parser.add_argument("--model_t", default=None,
-                        help="teacher architecture (default: the checkpoint's record, else its folder name)")
+                        help="teacher architecture (default: the checkpoint's record, else its folder or file name)")
+    parser.add_argument("--model_t_args", default=None, help=f"teacher {MODEL_ARGS_HELP}")
     parser.add_argument("--skip_validation", action="store_true", help="do not evaluate the teacher first")
 
     distill = parser.add_argument_group("distillation")
@@ -163,8 +176,8 @@ def student_parser() -> argparse.ArgumentParser:
     methods = parser.add_argument_group("method flags")
     for arg in all_arguments():
         options = arg.options
-        if options.get("type") is float:  # the methods' float flags are weights, temperatures and rates
-            options = {**options, "type": non_negative_float}
+        if options.get("type") is float:  # weights, temperatures and rates, unless declared signed
+            options = {**options, "type": finite_float if arg.signed else non_negative_float}
         methods.add_argument(*arg.flags, dest=arg.dest, **options)
     return parser
 
@@ -180,17 +193,37 @@ def parse_lr_decay_epochs(text: str) -> list[int]:
     return epochs
 
 
-def resolve_model(name: str, dataset: str, flag: str) -> str:
-    """The registry name for ``name`` on ``dataset``, or a usage error naming the fix."""
-    if dataset == "imagenet":
-        name = IMAGENET_ALIASES.get(name, name)
-    if name not in model_dict:
-        raise UsageError(f"unknown model {flag} {name!r}; choose one of: {' '.join(model_dict)}")
+def resolve_model(name: str, dataset: str, flag: str, args: str | None = None) -> str:
+    """The model spec (models/spec.py) for ``name`` and ``args`` on ``dataset``, or a usage error naming the fix.
+
+    A registry name must be one for ``dataset``'s inputs; a library name must exist in its
+    library, which is imported for that (and only then), and is sized for any data set.
+    """
+    spec = parse_spec(name, args, flag)
+    if spec.library is not None:
+        check_library_name(spec, flag)
+        return spec.text
+    base = IMAGENET_ALIASES.get(spec.name, spec.name) if dataset == "imagenet" else spec.name
+    if base not in model_dict:
+        raise UsageError(f"unknown model {flag} {base!r}; choose one of: {' '.join(model_dict)}, "
+                         "or timm:<name> / torchvision:<name>")
     expected = "imagenet" if dataset == "imagenet" else "cifar"
-    if model_info[name].input_kind != expected:
-        raise UsageError(f"{flag} {name} is a {model_info[name].input_kind} network but --dataset is "
+    if model_info[base].input_kind != expected:
+        raise UsageError(f"{flag} {base} is a {model_info[base].input_kind} network but --dataset is "
                          f"{dataset}; pick a {expected} network")
-    return name
+    return make_spec(base, spec.kwargs).text
+
+
+def _validate_teacher_source(opt: argparse.Namespace) -> None:
+    """One teacher source (a file, or the library's weights of --model_t); --model_t read as a spec."""
+    if opt.pretrained_t == (opt.path_t is not None):
+        raise UsageError("give the teacher as --path_t FILE, or as --model_t NAME --pretrained_t "
+                         "(the library's weights), not both" if opt.pretrained_t else
+                         "the teacher is missing: pass --path_t FILE, or --model_t NAME --pretrained_t")
+    if opt.model_t is None and (opt.pretrained_t or opt.model_t_args):
+        raise UsageError(f"--{'pretrained_t' if opt.pretrained_t else 'model_t_args'} needs --model_t")
+    if opt.model_t is not None:
+        opt.model_t = parse_spec(opt.model_t, opt.model_t_args, "--model_t").text
 
 
 def _validate_common(opt: argparse.Namespace, model_name: str) -> None:
@@ -200,7 +233,7 @@ def _validate_common(opt: argparse.Namespace, model_name: str) -> None:
     if opt.num_workers < 0:
         raise UsageError(f"--num_workers must be 0 or more, got {opt.num_workers}")
     if opt.learning_rate is None:
-        opt.learning_rate = 0.01 if model_info[model_name].small_lr and opt.dataset != "imagenet" else 0.05
+        opt.learning_rate = 0.01 if uses_small_lr(model_name) and opt.dataset != "imagenet" else 0.05
     if opt.learning_rate <= 0:
         raise UsageError(f"--learning_rate must be positive, got {opt.learning_rate}")
     if opt.weight_decay < 0 or not 0 <= opt.momentum < 1 or opt.lr_decay_rate <= 0:
@@ -216,7 +249,7 @@ def parse_teacher_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse and validate train_teacher.py's command line."""
     opt = teacher_parser().parse_args(argv)
     check_distributed_options(opt, argv, "train_teacher.py" if argv is not None else sys.argv[0])
-    opt.model = resolve_model(opt.model, opt.dataset, "--model")
+    opt.model = resolve_model(opt.model, opt.dataset, "--model", opt.model_args)
     _validate_common(opt, opt.model)
     return opt
 
@@ -225,8 +258,9 @@ def parse_student_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse and validate train_student.py's command line (the teacher is checked on loading)."""
     opt = student_parser().parse_args(argv)
     check_distributed_options(opt, argv, "train_student.py" if argv is not None else sys.argv[0])
-    opt.model_s = resolve_model(opt.model_s, opt.dataset, "--model_s")
+    opt.model_s = resolve_model(opt.model_s, opt.dataset, "--model_s", opt.model_s_args)
     _validate_common(opt, opt.model_s)
+    _validate_teacher_source(opt)
     opt.distill = distiller_zoo.canonical_name(opt.distill)
     recommended = distiller_zoo.get(opt.distill).recommended
     opt.gamma = recommended.gamma if opt.gamma is None else opt.gamma

@@ -82,7 +82,7 @@ from helper.components import build_components
 from helper.distributed import ProcessInfo
 from helper.driver import AMP_DTYPES, select_device
 from helper.loops import StepConfig, backward_and_step, train_one_epoch
-from helper.optim import make_sgd
+from helper.optim import make_optimizer, make_sgd
 from helper.options import parse_student_args, resolve_model
 from helper.seeding import seed_everything
 from models import model_dict
@@ -326,7 +326,8 @@ def measure_step(args: argparse.Namespace, extras: Sequence[str], job: Job, data
     components = build_components(opt, device, ProcessInfo(), lambda classes: model_dict[teacher_arch](
         num_classes=classes), teacher_arch)
     data, distiller = components.data, components.task
-    optimizer = make_sgd(distiller.main_parameters(), opt.learning_rate, opt.momentum, opt.weight_decay)
+    optimizer = make_optimizer(opt.optimizer, distiller.main_parameters(), opt.learning_rate, opt.momentum,
+                               opt.weight_decay, opt.dot_delta, opt.amp)
     scaler = torch.amp.GradScaler("cuda") if variant.amp == "fp16" else None
     config = StepConfig(device, AMP_DTYPES[variant.amp], variant.channels_last, print_freq=10**9, is_main=False)
     stream = BatchStream(data.train)

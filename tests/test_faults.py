@@ -138,9 +138,9 @@ def test_sigterm_finishes_the_step_saves_and_resumes_exactly(tmp_path, small_cif
 
 def test_a_second_signal_exits_at_once():
     from helper.distributed import ProcessInfo
-    from helper.driver import _StopFlag
+    from helper.signals import StopFlag
 
-    flag = _StopFlag(ProcessInfo(), torch.device("cpu"), agree_every=1)
+    flag = StopFlag(ProcessInfo(), torch.device("cpu"), agree_every=1)
     flag.install()
     try:
         os.kill(os.getpid(), signal.SIGTERM)

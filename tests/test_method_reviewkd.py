@@ -161,7 +161,8 @@ def test_term_is_the_warmed_up_hcl_of_the_reviewed_student_levels(epoch):
 
 
 def test_student_preact_flag_taps_the_student_before_its_relus():
-    distiller = build_distiller("reviewkd", "resnet8", "resnet20", reviewkd_student_preact=True, reviewkd_warmup=0)
+    distiller = build_distiller("reviewkd", "resnet8", "resnet20", reviewkd_student_taps="preact",
+                                  reviewkd_warmup=0)
     outputs = distiller.run_student(torch.randn(2, 3, 32, 32))
     assert min(f.min() for f in outputs.features[1:-1]) < 0
     assert distiller.ramp() == 1.0

@@ -8,6 +8,7 @@ adding a method file needs no edit of this file.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib
 import json
 import os
@@ -155,10 +156,12 @@ def test_every_declared_flag_of_a_method_parses_in_each_spelling(method):
     defaults = parse("--distill", method)
     for arg in cls.arguments:
         assert getattr(defaults, arg.dest) == arg.options.get("default"), arg.dest
-        value = sample_value(arg)
+        switch = arg.options.get("action") == "store_true"
+        value = True if switch else sample_value(arg)
         hyphenated = [flag.replace("_", "-") for flag in arg.flags if flag.startswith("--") and "_" in flag]
         for flag in (*arg.flags, *hyphenated):
-            assert getattr(parse("--distill", method, flag, str(value)), arg.dest) == value, flag
+            words = (flag,) if switch else (flag, str(value))
+            assert getattr(parse("--distill", method, *words), arg.dest) == value, flag
 
 
 def test_method_flags_are_declared_once_and_alike():
@@ -175,9 +178,9 @@ def test_upstream_class_names_import_from_distiller_zoo(name):
 
 
 def any_method_batch() -> Batch:
-    """A batch that carries what any method may ask for (indices and 16 contrast indices per sample)."""
+    """A batch that carries what any method may ask for (indices, 16 contrast indices per sample, a second view)."""
     return Batch(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)), torch.randperm(64)[:8],
-                 torch.randint(0, 64, (8, 17)))
+                 torch.randint(0, 64, (8, 17)), strong_images=torch.randn(8, 3, 32, 32))
 
 
 @pytest.mark.parametrize("method", sorted(distiller_zoo.DISTILLERS))
@@ -200,8 +203,9 @@ def test_channels_last_changes_no_loss_term(method):
     batch = any_method_batch()
     twin = copy.deepcopy(distiller).to(memory_format=torch.channels_last)
     _, terms = distiller.train()(batch)
-    _, twin_terms = twin.train()(Batch(batch.images.contiguous(memory_format=torch.channels_last), batch.targets,
-                                       batch.indices, batch.contrast_indices))
+    channels_last = {name: getattr(batch, name).contiguous(memory_format=torch.channels_last)
+                     for name in ("images", "strong_images")}
+    _, twin_terms = twin.train()(dataclasses.replace(batch, **channels_last))
     assert terms.keys() == twin_terms.keys()
     for name in terms:
         torch.testing.assert_close(twin_terms[name], terms[name], rtol=1e-4, atol=1e-5, equal_nan=True, msg=name)
