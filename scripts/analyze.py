@@ -46,7 +46,16 @@ from errors import UsageError
 from helper.cli import EXIT_USAGE
 from helper.driver import select_device
 from helper.run_folder import check_writable
-from scripts.transfer import READERS, EmbeddingNet, Source, load_dataset, load_network, positive_float, positive_int
+from scripts.transfer import (
+    READERS,
+    EmbeddingNet,
+    Source,
+    load_dataset,
+    load_network,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 
 TSNE_FILE, CORRELATION_FILE = "tsne", "correlation"  # stems of the .png/.json pairs written
 DEFAULT_VMAX = 3.0
@@ -166,7 +175,8 @@ def plot_tsne(panels: Sequence[tuple[str, np.ndarray]], labels: np.ndarray, titl
 # ---------------------------------------------------------------------------------------------
 
 
-def _write(out: Path, stem: str, figure: Figure, record: dict[str, Any]) -> list[Path]:
+def write_figure(out: Path, stem: str, figure: Figure, record: dict[str, Any]) -> list[Path]:
+    """``<stem>.png`` and, beside it, the numbers behind it as ``<stem>.json``; the two paths."""
     png, data = out / f"{stem}.png", out / f"{stem}.json"
     figure.savefig(png, dpi=110, bbox_inches="tight")
     data.write_text(json.dumps(record) + "\n")
@@ -230,7 +240,7 @@ def _write_tsne(opt: argparse.Namespace, out: Path, outputs: dict[str, Outputs],
     record = {"kind": "tsne", **networks, "classes": list(range(classes)), "indices": subset.tolist(),
               "labels": labels[subset].tolist(), "perplexity": opt.perplexity, "seed": opt.seed,
               **{f"{role}_points": coordinates[role].tolist() for role in coordinates}}
-    return _write(out, TSNE_FILE, figure, record)
+    return write_figure(out, TSNE_FILE, figure, record)
 
 
 def _write_correlation(opt: argparse.Namespace, out: Path, outputs: dict[str, Outputs], names: dict[str, str],
@@ -243,7 +253,7 @@ def _write_correlation(opt: argparse.Namespace, out: Path, outputs: dict[str, Ou
               "max_abs_difference": float(difference.max()), "vmax": opt.vmax,
               "teacher_matrix": matrices["teacher"].tolist(), "student_matrix": matrices["student"].tolist(),
               "difference": difference.tolist()}
-    return _write(out, CORRELATION_FILE, figure, record)
+    return write_figure(out, CORRELATION_FILE, figure, record)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -264,7 +274,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--vmax", type=positive_float, default=DEFAULT_VMAX,
                         help="top of the heat map's colour scale (fixed, so that maps compare)")
     parser.add_argument("--batch_size", type=positive_int, default=256)
-    parser.add_argument("--num_workers", type=positive_int, default=8, help="threads decoding Tiny-ImageNet's images")
+    parser.add_argument("--num_workers", type=non_negative_int, default=8,
+                        help="threads decoding Tiny-ImageNet's images (0: one)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     return parser

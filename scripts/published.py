@@ -8,8 +8,11 @@ source its numbers were copied from, so a comparison always says whom it compare
 * ``DS@e6bd9f9`` — distillers ``README.md`` at commit e6bd9f9 (2025-02-11), the last version with
   tables (RRD with τ_s 0.04 / τ_t 0.10; DCD with trainable τ, b);
 * ``IT`` — ITRD ``README.md`` at 5d08c6b (WCoRD and ReviewKD quoted from their papers);
-* ``MD`` — mdistiller ``README.md`` at a08d46f (DKD; its "MobileNet-V2" column under
-  resnet32x4 is read as ShuffleV2, METHODS.md §4 †).
+* ``MD`` — mdistiller ``README.md`` at a08d46f (DKD and KD+DOT; its "MobileNet-V2" column under
+  resnet32x4 is read as ShuffleV2, METHODS.md §4 †);
+* ``DIST`` — DIST_KD ``README.md`` at 2418f18 (the mean of its mean ± std);
+* ``LS`` — logit-standardization-KD ``README.md`` at 07356ad (the "+LS" rows, and the CTKD and
+  MLKD rows it prints beside them; its CTKD row repeats the CTKD README's six pairs).
 
 ``None`` marks a cell the source leaves empty ("N/A", "-", "—"). The SimKD table and the
 earlier DS numbers of METHODS.md §4 use other teachers or settings and are not cell-for-cell
@@ -25,6 +28,8 @@ SOURCES = {
     "DS@e6bd9f9": "giakoumoglou/distillers README.md @ e6bd9f9",
     "IT": "roymiles/ITRD README.md @ 5d08c6b",
     "MD": "megvii-research/mdistiller README.md @ a08d46f",
+    "DIST": "hunto/DIST_KD README.md @ 2418f18",
+    "LS": "sunshangquan/logit-standardization-KD README.md @ 07356ad",
 }
 
 Pair = tuple[str, str]  # (teacher, student), registry names
@@ -78,6 +83,14 @@ SAME_ARCHITECTURE = PublishedTable(
         "ReviewKD": ((76.12, 75.09, 71.89, None, 73.89, 75.63, 74.85), "IT"),
         "ITRD": ((76.12, 75.18, 71.47, 71.99, 74.26, 76.69, 74.93), "IT"),
         "DKD": ((76.23, 74.81, 71.97, None, 74.11, 76.32, 74.68), "MD"),
+        "DIST": ((None, 74.43, 71.75, None, None, 76.31, None), "DIST"),
+        "KD+LS": ((76.11, 74.37, 71.43, 71.48, 74.17, 76.62, 74.36), "LS"),
+        "DKD+LS": ((76.39, 74.89, 72.32, 71.85, 74.29, 77.01, 74.81), "LS"),
+        "CTKD": ((75.45, 73.93, 71.19, 70.99, 73.52, 73.39, 73.52), "LS"),
+        "CTKD+LS": ((76.08, 74.58, 71.34, 71.39, 74.01, 76.67, 74.47), "LS"),
+        "MLKD": ((76.63, 75.35, 72.19, 71.89, 74.11, 77.08, 75.18), "LS"),
+        "MLKD+LS": ((76.95, 75.56, 72.33, 72.27, 74.32, 78.28, 75.22), "LS"),
+        "KD+DOT": ((None, None, None, None, None, 75.12, 73.77), "MD"),
     },
 )
 
@@ -109,6 +122,14 @@ CROSS_ARCHITECTURE = PublishedTable(
         "ReviewKD": ((70.37, 69.89, None, 77.45, 77.78, 77.14), "IT"),
         "ITRD": ((70.39, 71.34, 75.49, 76.69, 77.40, 77.09), "IT"),
         "DKD": ((69.71, 70.35, None, 76.45, 77.07, 76.70), "MD"),
+        "DIST": ((None, 68.66, None, 76.34, 77.35, None), "DIST"),
+        "KD+LS": ((68.61, 69.02, None, None, 75.56, None), "LS"),
+        "DKD+LS": ((69.98, 70.45, None, None, 77.37, None), "LS"),
+        "CTKD": ((68.50, 68.67, None, None, 75.37, None), "LS"),
+        "CTKD+LS": ((68.98, 69.36, None, None, 76.18, None), "LS"),
+        "MLKD": ((70.57, 71.04, None, None, 78.44, None), "LS"),
+        "MLKD+LS": ((70.94, 71.19, None, None, 78.76, None), "LS"),
+        "KD+DOT": ((None, None, None, None, 75.55, None), "MD"),
     },
 )
 
@@ -129,3 +150,94 @@ def published(label: str, pair: Pair) -> tuple[float, str] | None:
         return None
     value = table.value(label, pair)
     return None if value is None else (value, table.source(label))
+
+
+# ---------------------------------------------------------------------------------------------
+# Transfer of representations (METHODS.md §4, "Transfer of representations"): linear probes
+# (scripts/transfer.py) of CIFAR-100 networks on STL-10 and Tiny-ImageNet, top-1 (%). The CRD
+# paper's Table 5 probes its wrn_40_2 teacher and wrn_16_2 students; the distillers README at
+# e6bd9f9 quotes those rows and adds its own DCD and RRD students, probed the same way.
+
+TRANSFER_SOURCES = {
+    "CRD": "Tian et al., Contrastive Representation Distillation (ICLR 2020), Table 5, "
+           "as quoted by giakoumoglou/distillers README.md @ e6bd9f9",
+    "DS@e6bd9f9": SOURCES["DS@e6bd9f9"],
+}
+
+
+@dataclass(frozen=True)
+class PublishedTransfer:
+    """Published linear-probe accuracies of one pair's networks: per row label, a value per target data set."""
+
+    title: str
+    dataset: str  # what the probed networks were trained on
+    pair: Pair
+    targets: tuple[str, ...]  # the data sets probed on (scripts/transfer.py --dataset names)
+    rows: dict[str, tuple[tuple[float | None, ...], str]]
+
+    def value(self, label: str, target: str) -> float | None:
+        """The published accuracy of row ``label`` on ``target``, or None if there is none."""
+        if label not in self.rows or target not in self.targets:
+            return None
+        return self.rows[label][0][self.targets.index(target)]
+
+
+TRANSFER = PublishedTransfer(
+    title="Transfer of representations (linear probe)",
+    dataset="cifar100",
+    pair=("wrn_40_2", "wrn_16_2"),
+    targets=("stl10", "tinyimagenet"),
+    rows={
+        "teacher": ((68.6, 31.5), "CRD"),
+        "student (vanilla)": ((69.7, 33.7), "CRD"),
+        "KD": ((70.9, 33.9), "CRD"),
+        "AT": ((70.7, 34.2), "CRD"),
+        "FitNet": ((70.3, 33.5), "CRD"),
+        "CRD": ((71.6, 35.6), "CRD"),
+        "CRD+KD": ((72.2, 35.5), "CRD"),
+        "DCD": ((71.2, 35.0), "DS@e6bd9f9"),
+        "DCD+KD": ((72.5, 36.2), "DS@e6bd9f9"),
+        "RRD": ((71.2, 34.6), "DS@e6bd9f9"),
+        "RRD+KD": ((71.4, 34.5), "DS@e6bd9f9"),
+    },
+)
+TRANSFER_TABLES = (TRANSFER,)
+
+
+def published_transfer(label: str, pair: Pair, dataset: str, target: str) -> tuple[float, str] | None:
+    """``(accuracy, source tag of TRANSFER_SOURCES)`` of row ``label`` of ``pair`` (trained on ``dataset``)
+    probed on ``target``, or None where nothing is published."""
+    table = next((t for t in TRANSFER_TABLES if (t.dataset, t.pair) == (dataset, pair)), None)
+    value = None if table is None else table.value(label, target)
+    return None if value is None else (value, table.rows[label][1])
+
+
+# ---------------------------------------------------------------------------------------------
+# ImageNet (METHODS.md §4, "ImageNet top-1"): ResNet34 (torchvision, 73.31) → ResNet18, 100 epochs,
+# the protocol of the CRD paper and of every source below. Reference data: summarize.py --compare
+# compares CIFAR-100 cells only, and most of these rows use ImageNet weights other than the
+# CIFAR recommendation that names a row (METHODS.md §1.24–§1.33).
+
+IMAGENET_SOURCES = {
+    "MD": SOURCES["MD"],
+    "DIST": SOURCES["DIST"],
+    "RK": "dvlab-research/ReviewKD ImageNet/README.md @ 4a9d225",
+    "CTKD": "zhengli97/CTKD README.md @ 0879a83 (its own teacher, 73.96, and student, 70.26)",
+    "NKD": "yzd-v/cls_KD nkd.md @ 08a5ddd",
+    "WSLD": "bellymonster/Weighted-Soft-Label-Distillation README.md @ 4726c82",
+}
+
+IMAGENET = PublishedTable(
+    title="ImageNet",
+    pairs=(("ResNet34", "ResNet18"),),
+    rows={
+        "KD": ((71.03,), "MD"),
+        "DKD": ((71.70,), "MD"),
+        "KD+DOT": ((71.72,), "MD"),
+        "ReviewKD": ((71.61,), "RK"),
+        "DIST": ((72.07,), "DIST"),
+        "CTKD": ((71.32,), "CTKD"),
+        "NKD": ((71.96,), "NKD"),
+        "WSLD": ((72.04,), "WSLD"),
+    },
+)

@@ -4,6 +4,7 @@
     python scripts/summarize.py save --metric best         # accuracy at the selected best epoch
     python scripts/summarize.py save --compare             # the published number and the difference
     python scripts/summarize.py save --runs                # one row per experiment, any data set
+    python scripts/summarize.py save --html report.html    # also one self-contained page: tables, curves, plots
 
 The paper layout has a column per teacher→student pair and a row per method; the rows
 "teacher" and "student (vanilla)" come from the train_teacher.py runs of the pair's two
@@ -32,6 +33,7 @@ from scripts import published
 from scripts.markdown_tables import markdown_table
 from scripts.results import GroupKey, Run, Stats, group_runs, load_runs, stats
 from scripts.table_rows import STUDENT_ROW, TEACHER_ROW, row_label, row_order
+from scripts.transfer_results import transfer_section
 
 EMPTY = "—"
 
@@ -42,8 +44,8 @@ def arrow(pair: published.Pair) -> str:
 
 
 def label_of(key: GroupKey) -> str:
-    """The table row of an experiment: its method row ("KD", "CRD+KD"), or ``vanilla``."""
-    return "vanilla" if key.method is None else row_label(key.method, key.weights)
+    """The table row of an experiment: its method row ("KD", "CRD+KD", "KD+LS"), or ``vanilla``."""
+    return "vanilla" if key.method is None else row_label(key.method, key.weights, key.options)
 
 
 def cell(runs: Sequence[Run], metric: str) -> Stats | None:
@@ -306,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="put the published number and the difference beside each cell")
     parser.add_argument("--runs", action="store_true", help="one row per experiment instead of the paper layout")
     parser.add_argument("--out", type=Path, default=None, help="folder for the .md and .csv files (default: save_dir)")
+    parser.add_argument("--html", type=Path, default=None,
+                        help="also write one self-contained HTML page of the whole save folder to this file")
     args = parser.parse_args(argv)
     if not args.save_dir.is_dir():
         print(f"error: {args.save_dir} is not a folder; pass the --save_dir of your runs", file=sys.stderr)
@@ -323,10 +327,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         text, written = tables_report(runs, args.metric, title, args.compare, stem)
     incomplete = render_incomplete(runs, args.save_dir)
-    text = "\n".join(part for part in (text, incomplete) if part).rstrip("\n") + "\n"
+    transfer = transfer_section(args.save_dir, args.metric, args.compare)  # scripts/transfer.py probes, if any
+    text = "\n".join(part for part in (text, transfer, incomplete) if part).rstrip("\n") + "\n"
     stem.with_suffix(".md").write_text(text)
     print(text, end="")
     print(f"wrote {', '.join(map(str, [stem.with_suffix('.md'), *written]))}", file=sys.stderr)
+    if args.html:
+        from scripts.report_html import write_report  # it builds on this module, and draws figures
+
+        print(f"wrote {write_report(args.html, args.save_dir, runs, args.metric, args.compare, title)}",
+              file=sys.stderr)
     return 0
 
 

@@ -55,12 +55,12 @@ from helper.logger import RunLogger
 from helper.loops import NonFiniteLoss, StepConfig, train_one_epoch, validate
 from helper.optim import make_scheduler, make_sgd
 from helper.options import finite_float, parse_lr_decay_epochs
-from helper.run_folder import check_writable, claim_run_folder
+from helper.run_folder import check_writable, claim_run_folder, saved_files
 from helper.run_names import VANILLA, parse_run_name
 from helper.seeding import seed_everything
 from models import model_dict, model_info
+from scripts.transfer_results import TRANSFER_ROOT
 
-TRANSFER_ROOT = "transfer"  # <save_dir>/transfer/{models,tensorboard}
 HEAD_FILE = "linear_last.pth"
 PROBE_WEIGHTS = {"cls": 1.0}  # the probe's only loss term: cross-entropy of the linear layer
 
@@ -388,6 +388,9 @@ def transfer(opt: argparse.Namespace) -> dict[str, Any]:
     run_dir, tensorboard_dir = run_folders(opt.save_dir, source, opt.dataset, opt.trial)
     for folder in (run_dir, tensorboard_dir):
         check_writable(folder)
+    if saved_files(run_dir):
+        raise UsageError(f"{run_dir} already holds a run of this probe ({', '.join(saved_files(run_dir))}); start "
+                         "another with another --trial, or delete that folder to run it again")
     with claim_run_folder(run_dir, resuming=False):
         data = load_dataset(opt.dataset, opt.data_root, opt.num_workers)
         probe = LinearProbe(encoder, data.num_classes, update_bn=opt.bn_stats == "update").to(device)
@@ -417,6 +420,14 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer that is not negative."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
 
 
@@ -453,7 +464,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--weight_decay", type=finite_float, default=5e-4)
     parser.add_argument("--momentum", type=finite_float, default=0.9)
     parser.add_argument("--batch_size", type=positive_int, default=64)
-    parser.add_argument("--num_workers", type=positive_int, default=8, help="threads decoding Tiny-ImageNet's images")
+    parser.add_argument("--num_workers", type=non_negative_int, default=8,
+                        help="threads decoding Tiny-ImageNet's images (0: one)")
     parser.add_argument("--save_dir", default="./save", help="root of everything a run writes")
     parser.add_argument("--trial", default="0", help="experiment id, part of the run folder name")
     parser.add_argument("--seed", type=int, default=0)
