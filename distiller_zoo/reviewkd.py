@@ -35,7 +35,8 @@ Choices where upstream differs:
   ``min(512, 1024)``: ``--reviewkd_max_mid 256``.
 
 Weights: CIFAR ``-r 1 -a 0 -b 5`` (per-pair values of the authors' script: 8 for
-resnet32x4→ShuffleV2, 0.6 for resnet56→resnet20, 1 for resnet110→resnet32); ImageNet ``-b 1``.
+resnet32x4→ShuffleV2, 0.6 for resnet56→resnet20, 1 for resnet110→resnet32); ImageNet ``-b 1``
+(ResNet34→ResNet18; the authors' ResNet50→MobileNet uses 8).
 """
 
 from __future__ import annotations

@@ -97,7 +97,7 @@ def plot_lines(lines: Sequence[tuple[str, Sequence[Run], bool]], title: str, ban
 def pair_lines(groups: dict[GroupKey, list[Run]], dataset: str, teacher: str,
                student: str) -> list[tuple[str, list[Run], bool]]:
     """The lines of one pair's figure: every method row, then the plain student and the teacher."""
-    methods = [(row_label(key.method, key.weights), runs, False) for key, runs in groups.items()
+    methods = [(row_label(key.method, key.weights, key.options), runs, False) for key, runs in groups.items()
                if key.kind == DISTILLED and (key.dataset, key.teacher, key.model) == (dataset, teacher, student)]
     methods.sort(key=lambda line: row_order(line[0]))
     references = [(label, runs, True) for label, model in ((STUDENT_ROW, student), (TEACHER_ROW, teacher))

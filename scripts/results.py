@@ -5,7 +5,7 @@ under the given root that holds a ``summary.json``, a ``metrics.jsonl`` or a ``l
 named as train_teacher.py or train_student.py name their folders (:mod:`helper.run_names`);
 TensorBoard folders, which carry the same names, hold none of those files. What a run was is read
 from the arguments its ``summary.json`` records, else from its folder name (an unfinished run has
-no summary).
+no summary); only the arguments tell which row options (``--logit_stand``, ``--optimizer``) it set.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from helper.run_names import DISTILLED, ROOTS, VANILLA, parse_run_name
+from scripts.table_rows import Options, run_options
 
 RUN_FILES = ("summary.json", "metrics.jsonl", "latest.pth")
 METRICS = {"last": "last_acc", "best": "best_acc"}  # --metric → the summary.json field
@@ -35,6 +36,7 @@ class GroupKey(NamedTuple):
     teacher: str | None
     method: str | None
     weights: tuple[float, float, float] | None  # (gamma, alpha, beta) of -r/-a/-b
+    options: Options = ()  # the row options it set (--logit_stand, --optimizer dot, ...: scripts.table_rows)
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,8 @@ def _key_from_args(args: dict[str, Any]) -> tuple[GroupKey, str] | None:
     try:
         if "model_s" in args:
             weights = (float(args["gamma"]), float(args["alpha"]), float(args["beta"]))
-            key = GroupKey(DISTILLED, args["dataset"], args["model_s"], args["model_t"], args["distill"], weights)
+            key = GroupKey(DISTILLED, args["dataset"], args["model_s"], args["model_t"], args["distill"], weights,
+                           run_options(args))
         else:
             key = GroupKey(VANILLA, args["dataset"], args["model"], None, None, None)
     except (KeyError, TypeError, ValueError):

@@ -14,7 +14,8 @@
 #                  teachers) or <arch>_vanilla/<arch>_best.pth (SimKD's)   (default SAVE_DIR/teachers/models)
 #   TEACHER_TRIAL  which trial of run_cifar_vanilla.sh serves as teacher (default 1)
 #   PAIRS          comma list of teacher:student; a non-standard pair runs as given (default: the standard pairs)
-#   METHODS        comma list of methods (names or aliases; crd+kd, rrd+kd, dcd+kd for the +KD rows)
+#   METHODS        comma list of rows: methods (names or aliases), crd+kd, rrd+kd, dcd+kd for the +KD rows,
+#                  kd+ls, dkd+ls, ctkd+ls, mlkd+ls (logit standardisation) and kd+dot (the DOT optimiser)
 #   TRIALS         trials per run, numbered 1..TRIALS, seed = trial   (default 3)
 #   EXTRA_ARGS     appended to every command, e.g. "--epochs 1 --nce_k 4096"; flags the sweep sets itself
 #                  (--trial, --seed, --distill, -r/-a/-b, --model_s, --model_t, --path_t, --dataset,

@@ -1,7 +1,8 @@
 """The sweep plans behind run_cifar_vanilla.sh and run_cifar_distill.sh.
 
 A sweep runs the paper tables: every standard teacher→student pair (:mod:`scripts.published`)
-with every method row (:mod:`scripts.table_rows`, "+KD" rows included) at the row's weights.
+with every method row (:mod:`scripts.table_rows`, "+KD" rows included) at the row's weights and
+with the row's own flags ("KD+LS": ``--logit_stand --kd_T 2``; "KD+DOT": ``--optimizer dot``).
 
     python scripts/sweep.py vanilla   # every teacher and student network, TRIALS times each
     python scripts/sweep.py distill   # every method row on every pair, TRIALS times each
@@ -160,11 +161,16 @@ def teacher_args(arch: str, trial: int, config: SweepConfig) -> list[str]:
 
 
 def student_args(path_t: str | Path, student: str, method: str, weights: tuple[float, float, float], trial: int,
-                 config: SweepConfig) -> list[str]:
-    """The flags the distill sweep gives train_student.py for one method row in trial ``trial``."""
+                 config: SweepConfig, extra: Sequence[str] = ()) -> list[str]:
+    """The flags the distill sweep gives train_student.py for one method row in trial ``trial``.
+
+    ``extra`` are the row's own flags (``--logit_stand --kd_T 2``, ``--optimizer dot``); they come
+    after the weights and before ``EXTRA_ARGS``, which may change them (and the run then no
+    longer counts as the row's).
+    """
     gamma, alpha, beta = weights
     return ["--path_t", str(path_t), "--model_s", student, "--distill", method,
-            "-r", str(gamma), "-a", str(alpha), "-b", str(beta), *config.common_args(trial)]
+            "-r", str(gamma), "-a", str(alpha), "-b", str(beta), *extra, *config.common_args(trial)]
 
 
 # Where to choose what the sweep sets itself, for the message refusing it in EXTRA_ARGS.
@@ -267,9 +273,9 @@ def _teacher_run_dir(opt: argparse.Namespace) -> Path:
 
 def _student_run_dir(opt: argparse.Namespace, teacher: str) -> Path:
     """The folder train_student.py will write for the options ``opt`` and teacher architecture ``teacher``."""
-    name = run_names.student_run_name(opt.model_s, teacher, opt.dataset, opt.distill, opt.gamma, opt.alpha,
-                                      opt.beta, opt.trial)
-    return run_names.run_dir(opt.save_dir, run_names.DISTILLED, name)
+    from helper.driver import run_name  # it names DOT runs apart (``kd+dot``)
+
+    return run_names.run_dir(opt.save_dir, run_names.DISTILLED, run_name(opt, teacher))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,7 +354,7 @@ def _find_teachers(config: SweepConfig, notes: list[str]) -> dict[str, Path | No
 
 
 def distill_plan(config: SweepConfig) -> Plan:
-    """Every selected method row on every selected pair with its recommended weights, trial by trial.
+    """Every selected method row on every selected pair with its weights and flags, trial by trial.
 
     Trials are the outer loop, so an interrupted sweep leaves whole tables of fewer trials.
     """
@@ -370,7 +376,7 @@ def distill_plan(config: SweepConfig) -> Plan:
                 runnable[teacher, student].append(row)
     teachers = _find_teachers(config, notes)
 
-    commands, finished, blocked = [], 0, 0
+    commands, finished, blocked, twice, planned = [], 0, 0, 0, set()
     for trial in range(1, config.trials + 1):
         for (teacher, student), pair_rows in runnable.items():
             path_t = teachers[teacher]
@@ -378,15 +384,21 @@ def distill_plan(config: SweepConfig) -> Plan:
                 blocked += len(pair_rows)
                 continue
             for row in pair_rows:
-                args = [*student_args(path_t, student, row.method, row_weights(row), trial, config),
+                args = [*student_args(path_t, student, row.method, row_weights(row), trial, config, row.extra),
                         *config.extra_args]
                 run_dir = _student_run_dir(parse_student_args(args), teacher)
+                if run_dir in planned:
+                    twice += 1
+                    continue
+                planned.add(run_dir)
                 if is_finished(run_dir):
                     finished += 1
                     continue
                 commands.append(Command((config.python, str(REPO / "train_student.py"), *args), run_dir))
     if finished:
         notes.append(f"{finished} finished run(s) skipped (their summary.json says finished)")
+    if twice:
+        notes.append(f"{twice} run(s) planned once: EXTRA_ARGS gives two rows the same run folder")
     if blocked:
         notes.append(f"{blocked} run(s) not started: their teacher checkpoint is missing")
     return Plan(commands, notes, blocked)

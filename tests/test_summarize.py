@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import statistics
 
 import pytest
 
 from helper import run_names
-from scripts import results, summarize
+from scripts import published, results, summarize
 from scripts.markdown_tables import markdown_table
 from tests.conftest import run_main
-from tests.runfolders import write_run
+from tests.runfolders import REPO, write_run
 
 KD = ("kd", (0.1, 0.9, 0.0))  # the KD row: RepDistiller's -r 0.1 -a 0.9 -b 0
 CRD_KD = ("crd", (1.0, 1.0, 0.8))  # the CRD+KD row
@@ -132,6 +133,64 @@ def test_other_weights_get_their_own_row(save, tmp_path, capsys):
     text = capsys.readouterr().out
     assert row_of(text, "KD")[0] == cell([73.1, 73.9, 74.4])
     assert row_of(text, "KD (r:1.0 a:1.0 b:0.0)")[0] == cell([70.0])
+
+
+def with_options(folder, **options):
+    """``folder``'s run, its summary recording ``options`` as train_student.py records every option."""
+    path = folder / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["args"].update(options)
+    path.write_text(json.dumps(summary))
+    return folder
+
+
+def test_runs_with_a_rows_flags_go_to_that_row(save, tmp_path, capsys):
+    """KD+LS has weights of its own; KD+DOT has KD's weights and differs by --optimizer alone."""
+    with_options(write_run(save, STUDENT, [60.0, 76.0], teacher=TEACHER, method="kd", weights=(0.1, 9.0, 0.0)),
+                 logit_stand=True, kd_T=2.0, optimizer="sgd")
+    for trial, last in enumerate([75.0, 75.4], 1):  # named as the driver names DOT runs, recorded as it records them
+        with_options(write_run(save, STUDENT, [60.0, last], teacher=TEACHER, method="kd+dot", weights=KD[1],
+                               trial=str(trial)), distill="kd", optimizer="dot", logit_stand=False, kd_T=4.0)
+    with_options(write_run(save, STUDENT, [60.0, 70.5], teacher=TEACHER, method=KD[0], weights=KD[1], trial="8"),
+                 kd_T=8.0)
+    summarize.main([str(save), "--compare", "--out", str(tmp_path / "out")])
+    text = capsys.readouterr().out
+    assert row_of(text, "KD")[0].startswith(cell([73.1, 73.9, 74.4]) + " vs 73.33")  # none of them mixed in
+    assert row_of(text, "KD+LS")[0] == f"{cell([76.0])} vs 76.62 ({76.0 - 76.62:+.2f})"
+    assert row_of(text, "KD+LS")[-1] == "LS"
+    assert row_of(text, "KD+DOT")[0] == f"{cell([75.0, 75.4])} vs 75.12 ({statistics.mean([75.0, 75.4]) - 75.12:+.2f})"
+    assert row_of(text, "KD (r:0.1 a:0.9 b:0.0 kd_T:8.0)")[0] == cell([70.5])
+    labels = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ")]
+    assert labels.index("KD") < labels.index("KD (r:0.1 a:0.9 b:0.0 kd_T:8.0)") < labels.index("CRD") \
+        < labels.index("KD+LS") < labels.index("KD+DOT")
+
+
+def methods_md_table(heading: str) -> dict[str, tuple[dict[str, float | None], str]]:
+    """A §4 table of docs/METHODS.md: per row label, the value per ``teacher→student`` column and the source."""
+    text = (REPO / "docs" / "METHODS.md").read_text()
+    section = text[text.index(f"#### {heading}\n"):]
+    lines = [line for line in section.split("\n\n| method", 1)[1].split("\n\n", 1)[0].splitlines()]
+    header = ["method", *[part.strip() for part in lines[0].strip("|").split("|")][1:]]
+    table = {}
+    for line in lines[2:]:
+        cells = dict(zip(header, (part.strip() for part in line.strip("|").split("|"))))
+        values = {column: float(match[0]) if (match := re.match(r"\d+\.\d+", value)) else None
+                  for column, value in cells.items() if "→" in column}
+        table[cells["method"]] = (values, cells["source"])
+    return table
+
+
+@pytest.mark.parametrize("heading, table", [("Same-architecture pairs", published.SAME_ARCHITECTURE),
+                                            ("Cross-architecture pairs", published.CROSS_ARCHITECTURE),
+                                            ("ImageNet top-1", published.IMAGENET)])
+def test_the_published_numbers_are_those_of_methods_md(heading, table):
+    documented = methods_md_table(heading)
+    stored = {label: ({summarize.arrow(pair): value for pair, value in zip(table.pairs, values)}, source)
+              for label, (values, source) in table.rows.items()}
+    assert {label: ({column: row[0][column] for column in stored[label][0]}, row[1])
+            for label, row in documented.items() if label in stored} == stored
+    sources = published.IMAGENET_SOURCES if table is published.IMAGENET else published.SOURCES
+    assert {label for label, (_, source) in documented.items() if source in sources} == set(stored)
 
 
 def test_students_folder_reads_the_teachers_beside_it(save, tmp_path, capsys):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import distiller_zoo
+from helper.driver import run_name
 from helper.options import parse_student_args, parse_teacher_args
 from scripts import plot_curves, published, summarize, sweep
 from tests.runfolders import REPO
@@ -23,6 +24,29 @@ KD_ROWS = ("crd", "rrd", "dcd")  # the "+KD" rows of METHODS.md §4
 EQUAL_WIDTH_PAIRS = {("wrn_40_2", "wrn_16_2"), ("resnet56", "resnet20"), ("resnet110", "resnet20"),
                      ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"), ("vgg13", "vgg8")}
 STANDARD_PAIRS = [pair for table in published.TABLES for pair in table.pairs]
+# The rows that run with flags of their own (METHODS.md §1.25, §1.31): key → method, -r -a -b, options set
+FLAGGED_ROWS = {
+    "kd+ls": ("kd", (0.1, 9.0, 0.0), {"logit_stand": True, "kd_T": 2.0}),
+    "dkd+ls": ("dkd", (1.0, 0.0, 9.0), {"logit_stand": True, "kd_T": 2.0}),
+    "ctkd+ls": ("ctkd", (0.1, 9.0, 0.0), {"logit_stand": True}),
+    "mlkd+ls": ("mlkd", (0.1, 0.0, 9.0), {"logit_stand": True, "kd_T": 2.0}),
+    "kd+dot": ("kd", (0.1, 0.9, 0.0), {"optimizer": "dot"}),
+}
+PLAIN = {"logit_stand": False, "kd_T": 4.0, "optimizer": "sgd"}  # train_student.py's defaults of those options
+
+
+def row_key(opt) -> str:
+    """The row a sweep command runs, told from its options alone: a flagged row, a "+KD" row or a method's own."""
+    options = {name: getattr(opt, name) for name in PLAIN}
+    weights = (opt.gamma, opt.alpha, opt.beta)
+    if options != PLAIN:
+        (key,) = [key for key, (method, row_weights, flags) in FLAGGED_ROWS.items()
+                  if (method, row_weights) == (opt.distill, weights) and options == {**PLAIN, **flags}]
+        return key
+    recommended = distiller_zoo.get(opt.distill).recommended
+    with_kd = opt.distill in KD_ROWS and opt.alpha == 1.0 and recommended.alpha == 0.0
+    assert weights == (recommended.gamma, 1.0 if with_kd else recommended.alpha, recommended.beta)
+    return opt.distill + ("+kd" if with_kd else "")
 
 
 def sweep_script(name: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
@@ -43,21 +67,19 @@ def test_distill_dry_run_is_every_method_on_every_pair_once_per_trial(tmp_path):
                         cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     commands = [shlex.split(line) for line in done.stdout.splitlines()]
-    runs = Counter()
+    runs, folders = Counter(), Counter()
     for argv in commands:
         assert argv[:2] == [sys.executable, str(REPO / "train_student.py")]
         opt = parse_student_args(argv[2:])
         teacher = Path(opt.path_t).parent.name.removesuffix("_vanilla_cifar100_trial_1")
-        recommended = distiller_zoo.get(opt.distill).recommended
-        with_kd = opt.distill in KD_ROWS and opt.alpha == 1.0 and recommended.alpha == 0.0
-        assert (opt.gamma, opt.alpha, opt.beta) == (recommended.gamma, 1.0 if with_kd else recommended.alpha,
-                                                    recommended.beta)
         assert opt.dataset == "cifar100" and opt.seed == int(opt.trial) and opt.resume == "auto"
         assert opt.save_dir == str(tmp_path / "save")
-        runs[teacher, opt.model_s, opt.distill + ("+kd" if with_kd else ""), opt.trial] += 1
+        runs[teacher, opt.model_s, row_key(opt), opt.trial] += 1
+        folders[run_name(opt, teacher)] += 1
     assert set(runs.values()) == {1}  # no run twice
+    assert set(folders.values()) == {1}  # and no two rows share a run folder (KD+DOT's is kd+dot, DKD+LS's b:9.0)
 
-    methods = [*distiller_zoo.DISTILLERS, *(f"{method}+kd" for method in KD_ROWS)]
+    methods = [*distiller_zoo.DISTILLERS, *(f"{method}+kd" for method in KD_ROWS), *FLAGGED_ROWS]
     expected = {(teacher, student, method, trial) for teacher, student in STANDARD_PAIRS for method in methods
                 for trial in ("1", "2")
                 if method not in ("fsp", "kdsvd", "ega") or (teacher, student) in EQUAL_WIDTH_PAIRS}
@@ -100,6 +122,27 @@ def test_filters_select_rows_and_a_non_standard_pair_runs_as_given(tmp_path, rel
     assert [(opt.distill, opt.alpha, opt.trial) for opt in options] == [
         (method, alpha, trial) for trial in ("1", "2") for method, alpha in per_trial]
     assert {opt.path_t for opt in options} == {str(released)}
+
+
+def test_rows_with_flags_run_with_them(released_teacher, capsys):
+    env = {**released_teacher, "METHODS": "kd+dot,dkd+ls,kd+ls,kd", "TRIALS": "1"}
+    commands = {}
+    for argv in dry_run("distill", env, capsys):
+        opt = parse_student_args(argv[2:])
+        commands[row_key(opt)] = argv[argv.index("-b") + 2:]  # what follows the weights
+    assert list(commands) == ["kd", "kd+ls", "dkd+ls", "kd+dot"]  # the papers' order, whatever METHODS says
+    assert commands["kd+ls"][:3] == commands["dkd+ls"][:3] == ["--logit_stand", "--kd_T", "2"]
+    assert commands["kd+dot"][:2] == ["--optimizer", "dot"]
+    assert commands["kd"][0] == "--dataset" and not {"--logit_stand", "--optimizer", "--kd_T"} & set(commands["kd"])
+
+
+def test_extra_args_that_make_two_rows_equal_run_them_once(released_teacher, capsys):
+    env = {**released_teacher, "METHODS": "kd,kd+dot", "EXTRA_ARGS": "--optimizer dot", "DRY_RUN": "1"}
+    assert sweep.main(["distill"], env) == 0
+    out, err = capsys.readouterr()
+    options = [parse_student_args(shlex.split(line)[2:]) for line in out.splitlines()]
+    assert [(opt.optimizer, opt.trial) for opt in options] == [("dot", "1"), ("dot", "2")]
+    assert "note: 2 run(s) planned once: EXTRA_ARGS gives two rows the same run folder" in err
 
 
 @pytest.mark.parametrize("env, message", [
