@@ -257,7 +257,8 @@ def test_one_epoch_with_dot(method, cifar100_root, cifar100_teacher, tmp_path):
 
 def test_crd_with_dot_resumes_exactly_and_refuses_to_resume_with_sgd(cifar100_root, cifar100_teacher, tmp_path,
                                                                     capsys):
-    """crd: one epoch, then a second one resumed, equals two straight epochs, optimiser buffers included."""
+    """crd: one epoch, then a second one resumed, equals two straight epochs, optimiser buffers included;
+    the DOT run's checkpoint does not resume a run with plain SGD."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
 
     def run(save, epochs: str, *extra: str) -> tuple[int, str]:
@@ -267,8 +268,10 @@ def test_crd_with_dot_resumes_exactly_and_refuses_to_resume_with_sgd(cifar100_ro
 
     assert run(straight, "2")[0] == 0
     assert run(resumed, "1")[0] == 0
-    status, err = run(resumed, "2", "--resume", "auto", "--optimizer", "sgd")
-    assert status == 2 and "--optimizer dot → sgd" in err
+    (dot_latest,) = resumed.glob("students/models/*/latest.pth")
+    assert "_crd+dot_" in dot_latest.parent.name  # DOT runs have folders of their own
+    status, err = run(resumed, "2", "--resume", str(dot_latest), "--optimizer", "sgd")
+    assert status == 2 and f"belongs to run {dot_latest.parent.name}" in err
     assert run(resumed, "2", "--resume", "auto")[0] == 0
     a, b = last_checkpoint(straight), last_checkpoint(resumed)
     for part in ("model", "distiller"):
