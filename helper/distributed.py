@@ -95,15 +95,6 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def broadcast_object(value: object, info: ProcessInfo) -> object:
-    """Rank 0's ``value`` on every rank (identity in a single process)."""
-    if not info.distributed:
-        return value
-    holder = [value]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
-
-
 def average_batchnorm_statistics(module: nn.Module, frozen: nn.Module | None = None) -> None:
     """Replace every BatchNorm's running mean and variance by their mean over the processes.
 
