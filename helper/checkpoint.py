@@ -28,7 +28,7 @@ from helper.run_names import parse_run_name
 from models import model_dict
 from models.library import torchvision_file_arch
 from models.registry import IMAGENET_ALIASES
-from models.spec import LIBRARIES, spec_from_component
+from models.spec import ARGS_SEPARATOR, LIBRARIES, spec_from_component
 
 CHECKPOINT_SUFFIXES = (".pth", ".safetensors")
 WEIGHT_FORMATS = ("{'model': state_dict} (RepDistiller, SimKD, this repository)", "{'net': state_dict} (HSAKD)",
@@ -272,7 +272,7 @@ def infer_arch_from_path(path: str | Path) -> str | None:
     run = parse_run_name(directory)
     if run is not None:
         spec = spec_from_component(run.model)
-        if spec.split("@")[0] in names or spec.partition(":")[0] in LIBRARIES:
+        if spec.split(ARGS_SEPARATOR)[0] in names or spec.partition(":")[0] in LIBRARIES:
             return spec
     folder = next((name for name in names if directory == name or directory.startswith(name + "_")), None)
     return folder or torchvision_file_arch(Path(path).name)

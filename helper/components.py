@@ -20,9 +20,9 @@ from dataset.batch import DataNeeds
 from distiller_zoo.base import DistillSetup, Weights
 from distiller_zoo.task import Supervised, TrainingTask
 from helper.distributed import ProcessInfo
-from models import model_dict
+from models import build_model
 
-TeacherFactory = Callable[[int], nn.Module]  # num_classes -> the frozen teacher network
+TeacherFactory = Callable[[int, int], nn.Module]  # (num_classes, image_size) -> the teacher, sized for the data
 
 
 @dataclass
@@ -54,7 +54,7 @@ def build_data(opt: argparse.Namespace, needs: DataNeeds, device: torch.device,
 def build_task(opt: argparse.Namespace, data: dataset.DataBundle, teacher: nn.Module | None,
                teacher_name: str | None = None) -> TrainingTask:
     """The student sized for ``data`` and, with a teacher, the Distiller of ``--distill`` around both."""
-    student = model_dict[student_name(opt)](num_classes=data.num_classes)
+    student = build_model(student_name(opt), data.num_classes, data.image_size)
     if teacher is None:
         return Supervised(student)
     setup = DistillSetup(image_size=data.image_size, num_train=data.num_train, batch_size=opt.batch_size,
@@ -82,7 +82,7 @@ def build_components(opt: argparse.Namespace, device: torch.device, process: Pro
                      sync_bn: bool = False) -> Components:
     """Data, then (for a student run) the teacher from ``teacher_factory``, then the task, placed on ``device``."""
     data = build_data(opt, data_needs(opt, teacher_factory is not None), device, process)
-    teacher = None if teacher_factory is None else teacher_factory(data.num_classes)
+    teacher = None if teacher_factory is None else teacher_factory(data.num_classes, data.image_size)
     task = build_task(opt, data, teacher, teacher_name)
     prepare_task(task, device, opt.channels_last, opt.compile, sync_bn)
     return Components(data, task)

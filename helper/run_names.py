@@ -12,6 +12,10 @@ File systems that forbid ``:`` (Windows, some network shares) get copies of such
 ``~`` or ``_`` in its place, so :func:`parse_run_name` accepts all three separators. Model
 names may contain ``_`` (``wrn_40_2``, ``MobileNetV2_1_0``); data-set and method names never
 do (the option parser and the method registry guarantee it), and the parser leans on that.
+
+A library network's name has a ``:`` of its own (``timm:resnet18``) and arguments after ``@``
+(models/spec.py); inside a folder name it is written ``timm-resnet18@...``, which
+:func:`models.spec.spec_from_component` reads back.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from models.spec import spec_component
 
 VANILLA, DISTILLED = "vanilla", "distilled"  # the two kinds of run
 ROOTS = {VANILLA: "teachers", DISTILLED: "students"}  # the folder under --save_dir of each kind
@@ -55,14 +61,14 @@ def _weight(value: float) -> str:
 
 def teacher_run_name(model: str, dataset: str, trial: str | int) -> str:
     """The folder name of a train_teacher.py run: ``<model>_vanilla_<dataset>_trial_<trial>``."""
-    return f"{model}_vanilla_{dataset}_trial_{trial}"
+    return f"{spec_component(model)}_vanilla_{dataset}_trial_{trial}"
 
 
 def student_run_name(model_s: str, model_t: str, dataset: str, method: str, gamma: float, alpha: float,
                      beta: float, trial: str | int) -> str:
     """The folder name of a train_student.py run, weights written as floats (``1`` → ``1.0``)."""
-    return (f"S:{model_s}_T:{model_t}_{dataset}_{method}_r:{_weight(gamma)}_a:{_weight(alpha)}"
-            f"_b:{_weight(beta)}_{trial}")
+    return (f"S:{spec_component(model_s)}_T:{spec_component(model_t)}_{dataset}_{method}"
+            f"_r:{_weight(gamma)}_a:{_weight(alpha)}_b:{_weight(beta)}_{trial}")
 
 
 def parse_run_name(name: str) -> RunName | None:

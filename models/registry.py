@@ -10,6 +10,11 @@ their networks, which stand in ``model_dict`` and ``model_info`` from the start 
 :class:`LazyBuilder` entries. Building one imports its family module, whose own
 :func:`register_model` calls then take the place of the stand-ins. So ``--help``, a usage error
 or a CIFAR run never waits for torchvision, and every caller still sees every name.
+
+:func:`build_model` is the one way to build a network by name: a registry name, or a library
+name (``timm:<name>``, ``torchvision:<name>``; models/library.py), with constructor arguments
+(models/spec.py). A registered classifier that does not expose the feature contract itself gets
+it from the same adapter as the library networks.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
+
+from errors import UsageError
+from models import library
+from models.spec import ModelSpec, parse_spec
 
 
 @dataclass(frozen=True)
@@ -128,3 +137,48 @@ def _declare_imagenet_families() -> None:
 
 
 _declare_imagenet_families()
+
+
+# The input size of each input kind (the ModelInfo contract above).
+INPUT_SIZES = {"cifar": 32, "imagenet": 224}
+
+
+def uses_small_lr(spec_text: str) -> bool:
+    """Whether the CIFAR recipe trains ``spec_text`` at lr 0.01 (registered MobileNets/ShuffleNets only)."""
+    spec = parse_spec(spec_text)
+    return spec.library is None and model_info[spec.name].small_lr
+
+
+def _exposes_features(network: nn.Module) -> bool:
+    """Whether a registered network implements the feature contract itself (models/feature_net.py)."""
+    return all(callable(getattr(network, method, None)) for method in ("get_classifier", "get_feat_modules"))
+
+
+def _build_registered(spec: ModelSpec, num_classes: int) -> nn.Module:
+    kwargs = {key: value for key, value in spec.args if key not in library.ADAPTER_ARGS}
+    try:
+        return model_dict[spec.name](num_classes=num_classes, **kwargs)
+    except TypeError as error:
+        if not spec.args:
+            raise
+        raise UsageError(f"{spec.text}: {error}; check the model arguments") from None
+
+
+def build_model(spec_text: str, num_classes: int, image_size: int | None = None,
+                pretrained: bool = False) -> nn.Module:
+    """The network ``spec_text`` names, with ``num_classes`` outputs, sized for ``image_size`` inputs.
+
+    ``spec_text`` is a resolved name (``helper.options.resolve_model``): a registry name or a
+    ``timm:``/``torchvision:`` name, either with ``@key=value,...`` constructor arguments.
+    ``pretrained`` loads the library's weights (for a registry network: its torchvision twin's).
+    """
+    spec = parse_spec(spec_text)
+    if spec.library is not None:
+        return library.build_library_network(spec, num_classes, image_size, pretrained)
+    network = _build_registered(spec, num_classes)
+    if pretrained:
+        library.load_torchvision_twin_weights(network, spec.name)
+    if _exposes_features(network):
+        return network
+    size = image_size or INPUT_SIZES[model_info[spec.name].input_kind]
+    return library.wrap_plain_network(network, spec, size, num_classes)

@@ -32,6 +32,8 @@ from models.registry import register_model
 class BasicBlock(PreactBlock):
     """conv3×3-BN-ReLU-conv3×3-BN plus a shortcut, then ReLU; ``preact`` is the sum before it."""
 
+    expansion = 1  # output channels per channel of width (4 for a bottleneck)
+
     def __init__(self, in_channels: int, channels: int, stride: int = 1) -> None:
         super().__init__()
         self.conv1 = conv(in_channels, channels, 3, stride)

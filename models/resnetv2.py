@@ -1,5 +1,6 @@
 """The CIFAR bottleneck ResNet-50 of RepDistiller (He et al., "Deep Residual Learning for Image
-Recognition", CVPR 2016), registered as ``ResNet50``.
+Recognition", CVPR 2016), registered as ``ResNet50``, and the four-stage CIFAR ResNets of mmrazor's
+CRD table, ``ResNet18_cifar``, ``ResNet34_cifar`` and ``ResNet50_cifar``.
 
 It is the ImageNet ResNet-50 layout ``[3, 4, 6, 3]`` bottleneck blocks (expansion 4, stage
 widths 64/128/256/512 at strides 1, 2, 2, 2) with a 3×3 stride-1 stem and no max-pool, so a
@@ -8,6 +9,11 @@ is *not* the ImageNet ``ResNet50`` of SimKD (METHODS.md §2.3, §5 item 25).
 
 State-dict names: ``conv1, bn1, layerL.i.{conv1..3,bn1..3}``, projection shortcuts
 ``layerL.0.shortcut.{0,1}``, ``linear``.
+
+mmrazor's CIFAR ResNets (mmcls ``ResNet_CIFAR``) have the same layout: a 3×3 stem without
+max-pool, then torchvision's four stages. ``ResNet18_cifar``/``ResNet34_cifar`` use the basic
+block of models/resnet.py (blocks ``[2, 2, 2, 2]`` / ``[3, 4, 6, 3]``); ``ResNet50_cifar`` is the
+same network as ``ResNet50``. Their keys are this repository's, not mmcls's.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from torch import Tensor, nn
 from models.blocks import PreactBlock, conv, init_conv_bn_, projection_shortcut, staged_features
 from models.feature_net import FeatureNet
 from models.registry import register_model
+from models.resnet import BasicBlock
 
 
 class Bottleneck(PreactBlock):
@@ -47,7 +54,8 @@ class Bottleneck(PreactBlock):
 
 
 class BottleneckResNet(FeatureNet):
-    """A CIFAR bottleneck ResNet with ``blocks_per_stage`` blocks in each of four stages.
+    """A CIFAR ResNet with ``blocks_per_stage`` blocks (``Bottleneck`` unless ``block`` says otherwise)
+    in each of four stages.
 
     Features (32×32 input): ``f0`` = ReLU(BN(stem)) 64×32², ``f1..f4`` = stage outputs
     (256×32², 512×16², 1024×8², 2048×4²; pre-ReLU sums of each stage's last block with
@@ -56,7 +64,8 @@ class BottleneckResNet(FeatureNet):
     BN), ``linear`` PyTorch default.
     """
 
-    def __init__(self, blocks_per_stage: Sequence[int], num_classes: int = 100) -> None:
+    def __init__(self, blocks_per_stage: Sequence[int], num_classes: int = 100,
+                 block: type[Bottleneck] | type[BasicBlock] = Bottleneck) -> None:
         super().__init__()
         self.conv1 = conv(3, 64, 3)
         self.bn1 = nn.BatchNorm2d(64)
@@ -66,8 +75,8 @@ class BottleneckResNet(FeatureNet):
             strides = [1 if index == 0 else 2] + [1] * (num_blocks - 1)
             blocks = []
             for stride in strides:
-                blocks.append(Bottleneck(in_channels, channels, stride))
-                in_channels = channels * Bottleneck.expansion
+                blocks.append(block(in_channels, channels, stride))
+                in_channels = channels * block.expansion
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.linear = nn.Linear(in_channels, num_classes)
@@ -84,11 +93,30 @@ class BottleneckResNet(FeatureNet):
         return nn.ModuleList([self.conv1, self.bn1, self.layer1, self.layer2, self.layer3, self.layer4])
 
     def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
-        """Each stage's last ``bn3``: its output plus the shortcut is the pre-ReLU tap."""
-        return [stage[-1].bn3 for stage in (self.layer1, self.layer2, self.layer3, self.layer4)]
+        """Each stage's last ``bn3`` (``bn2`` of a basic block): its output plus the shortcut is the pre-ReLU tap."""
+        stages = (self.layer1, self.layer2, self.layer3, self.layer4)
+        return [stage[-1].bn3 if isinstance(stage[-1], Bottleneck) else stage[-1].bn2 for stage in stages]
 
 
 @register_model("ResNet50", "cifar")
 def ResNet50(num_classes: int = 100) -> BottleneckResNet:
     """The CIFAR bottleneck ResNet-50 (blocks ``[3, 4, 6, 3]``), 23.7 M parameters for 100 classes."""
+    return BottleneckResNet((3, 4, 6, 3), num_classes)
+
+
+@register_model("ResNet18_cifar", "cifar")
+def ResNet18_cifar(num_classes: int = 100) -> BottleneckResNet:
+    """mmrazor's CIFAR ResNet-18 (basic blocks ``[2, 2, 2, 2]``), 11.2 M parameters for 100 classes."""
+    return BottleneckResNet((2, 2, 2, 2), num_classes, block=BasicBlock)
+
+
+@register_model("ResNet34_cifar", "cifar")
+def ResNet34_cifar(num_classes: int = 100) -> BottleneckResNet:
+    """mmrazor's CIFAR ResNet-34 (basic blocks ``[3, 4, 6, 3]``), 21.3 M parameters for 100 classes."""
+    return BottleneckResNet((3, 4, 6, 3), num_classes, block=BasicBlock)
+
+
+@register_model("ResNet50_cifar", "cifar")
+def ResNet50_cifar(num_classes: int = 100) -> BottleneckResNet:
+    """mmrazor's CIFAR ResNet-50: the network of ``ResNet50`` under mmrazor's name."""
     return BottleneckResNet((3, 4, 6, 3), num_classes)

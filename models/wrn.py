@@ -136,3 +136,14 @@ def wrn_40_1(num_classes: int = 100) -> WideResNet:
 @register_model("wrn_40_2", "cifar")
 def wrn_40_2(num_classes: int = 100) -> WideResNet:
     return WideResNet(40, 2, num_classes)
+
+
+# mmrazor's CRD table (CIFAR-100 WRN16-2 ← WRN22-4) and the WRN paper's CIFAR network.
+@register_model("wrn_22_4", "cifar")
+def wrn_22_4(num_classes: int = 100) -> WideResNet:
+    return WideResNet(22, 4, num_classes)
+
+
+@register_model("wrn_28_10", "cifar")
+def wrn_28_10(num_classes: int = 100) -> WideResNet:
+    return WideResNet(28, 10, num_classes)

@@ -85,10 +85,10 @@ from helper.loops import StepConfig, backward_and_step, train_one_epoch
 from helper.optim import make_optimizer, make_sgd
 from helper.options import parse_student_args, resolve_model
 from helper.seeding import seed_everything
-from models import model_dict
+from models import build_model
 from scripts.markdown_tables import markdown_table
 
-CIFAR100_CLASSES = 100
+CIFAR100_CLASSES, CIFAR_IMAGE_SIZE = 100, 32
 
 CIFAR100_TRAIN_IMAGES = 50_000
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -323,8 +323,9 @@ def measure_step(args: argparse.Namespace, extras: Sequence[str], job: Job, data
     device = select_device(opt.device)
     seed_everything(opt.seed, deterministic=False)
     teacher_arch = resolve_model(args.teacher, opt.dataset, "--teacher")
-    components = build_components(opt, device, ProcessInfo(), lambda classes: model_dict[teacher_arch](
-        num_classes=classes), teacher_arch)
+    components = build_components(opt, device, ProcessInfo(),
+                                  lambda classes, image_size: build_model(teacher_arch, classes, image_size),
+                                  teacher_arch)
     data, distiller = components.data, components.task
     optimizer = make_optimizer(opt.optimizer, distiller.main_parameters(), opt.learning_rate, opt.momentum,
                                opt.weight_decay, opt.dot_delta, opt.amp)
@@ -347,8 +348,8 @@ def measure_floor(args: argparse.Namespace, extras: Sequence[str], job: Job, dat
     device = select_device(opt.device)
     seed_everything(opt.seed, deterministic=False)
     teacher_arch = resolve_model(args.teacher, opt.dataset, "--teacher")
-    teacher = model_dict[teacher_arch](num_classes=CIFAR100_CLASSES).requires_grad_(False).eval()
-    student = model_dict[opt.model_s](num_classes=CIFAR100_CLASSES).train()
+    teacher = build_model(teacher_arch, CIFAR100_CLASSES, CIFAR_IMAGE_SIZE).requires_grad_(False).eval()
+    student = build_model(opt.model_s, CIFAR100_CLASSES, CIFAR_IMAGE_SIZE).train()
     for network in (teacher, student):
         _place(network, device, variant)
         if variant.compile:

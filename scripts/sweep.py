@@ -32,6 +32,7 @@ from functools import cache
 from pathlib import Path
 
 from helper import run_names
+from models.spec import spec_component
 from scripts import published
 from scripts.table_rows import Row, method_rows, row_weights
 
@@ -94,17 +95,23 @@ class SweepConfig:
 
 
 def parse_pairs(text: str) -> list[published.Pair]:
-    """``"resnet56:resnet20,vgg13:vgg8"`` → pairs; a pair need not be standard (it runs as given)."""
-    from models import model_dict
+    """``"resnet56:resnet20,timm:resnet50:resnet8"`` → pairs; a pair need not be standard (it runs as given).
+
+    Either side may be a ``timm:``/``torchvision:`` name (``models.spec``); CIFAR-100 must fit it.
+    """
+    from errors import UsageError
+    from helper.options import resolve_model
+    from models.spec import split_pair
 
     pairs = []
     for entry in filter(None, (part.strip() for part in text.split(","))):
-        teacher, sep, student = entry.partition(":")
-        unknown = [name for name in (teacher, student) if name not in model_dict]
-        if not sep or unknown:
-            raise ValueError(f"PAIRS entry {entry!r} must be teacher:student with registered model names"
-                             + (f" (unknown: {', '.join(unknown)})" if sep else ""))
-        pairs.append((teacher, student))
+        pair = split_pair(entry)
+        if pair is None:
+            raise ValueError(f"PAIRS entry {entry!r} must be teacher:student")
+        try:
+            pairs.append(tuple(resolve_model(name, DATASET, "PAIRS") for name in pair))
+        except UsageError as error:
+            raise ValueError(f"PAIRS entry {entry!r}: {error}") from None
     return pairs
 
 
@@ -314,7 +321,7 @@ def teacher_candidates(arch: str, config: SweepConfig) -> list[Path]:
     ours = run_names.teacher_run_name(arch, DATASET, config.teacher_trial)
     folder = Path(config.teacher_dir) if config.teacher_dir else run_names.run_dir(
         config.save_dir, run_names.VANILLA, ours).parent
-    return [folder / ours / TEACHER_FILE.format(arch=arch),
+    return [folder / ours / TEACHER_FILE.format(arch=spec_component(arch)),
             folder / f"{arch}_vanilla" / "ckpt_epoch_240.pth",
             folder / f"{arch}_vanilla" / f"{arch}_best.pth"]
 
@@ -325,10 +332,10 @@ def probed_shapes(arch: str) -> list:
     import torch
 
     from distiller_zoo.base import feature_shapes
-    from models import model_dict
+    from models import build_model
 
     with torch.device("meta"):
-        network = model_dict[arch](num_classes=100)
+        network = build_model(arch, 100, 32)
     return feature_shapes(network, 32)
 
 

@@ -94,9 +94,13 @@ def _images(height: int = 32) -> torch.Tensor:
     return torch.randn(2, 3, height, height, generator=torch.Generator().manual_seed(1))
 
 
+# mmrazor's CIFAR networks, for which no upstream record exists: tests/test_models_mmrazor.py checks them.
+WITHOUT_UPSTREAM_RECORD = {"wrn_22_4", "wrn_28_10", "ResNet18_cifar", "ResNet34_cifar", "ResNet50_cifar"}
+
+
 def test_upstream_records_cover_every_cifar_network():
     assert len(SPECS) >= 39, f"upstream model records missing or incomplete: {FIXTURES / UPSTREAM_MODELS}"
-    registered = {name for name, info in model_info.items() if info.input_kind == "cifar"}
+    registered = {name for name, info in model_info.items() if info.input_kind == "cifar"} - WITHOUT_UPSTREAM_RECORD
     assert registered == {spec["name"] for spec in SPECS}
     small_lr = {name for name in registered if model_info[name].small_lr}
     assert small_lr == {"MobileNetV2", "MobileNetV2_1_0", "ShuffleV1", "ShuffleV2", "ShuffleV2_1_5"}

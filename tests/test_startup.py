@@ -1,7 +1,7 @@
 """Start-up of the entry scripts: ``--help`` and a usage error import only what they use.
 
-torchvision (through ``torch._dynamo``), TensorBoard, scikit-learn and DALI each take a second or
-more to import; a run imports them when it builds an ImageNet network, writes its first event,
+torchvision (through ``torch._dynamo``), timm, TensorBoard, scikit-learn and DALI each take a second or
+more to import; a run imports them when it builds an ImageNet or library network, writes its first event,
 reads digits or starts a DALI pipeline. The modules a command imported are read from
 ``python -X importtime``; how long that takes is measured by hand, not tested. The ImageNet
 families are declared in models/registry.py and imported on first build: the declarations are
@@ -30,7 +30,7 @@ from models.registry import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-SLOW_PACKAGES = ("torchvision", "tensorboard", "sklearn", "nvidia", "torch._dynamo")
+SLOW_PACKAGES = ("torchvision", "timm", "tensorboard", "sklearn", "nvidia", "torch._dynamo")
 
 COMMANDS = {
     "student --help": (["train_student.py", "--help"], 0, "--distill"),

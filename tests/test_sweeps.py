@@ -148,7 +148,7 @@ def test_extra_args_that_make_two_rows_equal_run_them_once(released_teacher, cap
 @pytest.mark.parametrize("env, message", [
     ({"METHODS": "kd,nosuchmethod"}, "METHODS entry 'nosuchmethod'"),
     ({"PAIRS": "resnet56-resnet20"}, "teacher:student"),
-    ({"PAIRS": "resnet56:nosuchnet"}, "unknown: nosuchnet"),
+    ({"PAIRS": "resnet56:nosuchnet"}, "unknown model PAIRS 'nosuchnet'"),
     ({"TRIALS": "three"}, "TRIALS"),
     ({"EXTRA_ARGS": "--no_such_flag 1"}, "--no_such_flag"),
 ])
