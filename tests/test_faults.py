@@ -153,7 +153,7 @@ def test_a_second_signal_exits_at_once():
 
 
 def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path, small_cifar, capsys, monkeypatch):
-    from distiller_zoo.base import Distiller
+    from distiller_zoo.task import Supervised
 
     args = ["--model", "resnet8", "--data_root", str(small_cifar), "--save_dir", str(tmp_path), "--epochs", "1",
             "--batch_size", "32", "--num_workers", "0"]
@@ -161,7 +161,7 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_pat
     (latest,) = tmp_path.glob("teachers/models/*/latest.pth")
     before = latest.read_bytes()
 
-    original, calls = Distiller.forward, {"n": 0}
+    original, calls = Supervised.forward, {"n": 0}
 
     def poisoned(self, batch):
         prediction, terms = original(self, batch)
@@ -170,7 +170,7 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_pat
             terms["cls"] = terms["cls"] * float("nan")
         return prediction, terms
 
-    monkeypatch.setattr(Distiller, "forward", poisoned)
+    monkeypatch.setattr(Supervised, "forward", poisoned)
     capsys.readouterr()
     status, err = run_main("teacher", [*args[:-4], "--epochs", "2", "--resume", "auto", *args[-4:]], capsys)
     assert status == 3
