@@ -31,6 +31,17 @@ def make_opt(**overrides) -> argparse.Namespace:
     return argparse.Namespace(**values)
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a module: tiny batches run fastest so, and do not stall when the cores are shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def opt_factory():
     """``opt_factory(distill='crd', nce_k=16)`` → a Namespace of options."""

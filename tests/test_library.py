@@ -24,12 +24,7 @@ from models.library import LibraryNet, evenly_spaced, token_map
 VIT = "timm:vit_tiny_patch16_224@depth=8,embed_dim=32,num_heads=2,patch_size=4"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _images(batch: int = 2, size: int = 32) -> torch.Tensor:

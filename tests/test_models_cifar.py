@@ -57,13 +57,7 @@ FEAT_MODULE_NAMES = {
 POST_RELU_TAPS = (ResNet, BottleneckResNet, VGG, ShuffleNetV1, ShuffleNetV2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny batches run fastest on one thread, and do not stall when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _randomize_batchnorm(model: nn.Module, seed: int = 0) -> None:
