@@ -13,9 +13,11 @@ from dataset.batch import Batch, DataNeeds
 from dataset.catalog import DATASETS, LOADERS
 
 _LAZY = {"DataBundle": "dataset.bundle", "EpochLoader": "dataset.bundle", "build": "dataset.bundle",
+         "check_full_batches": "dataset.bundle",
          "ContrastSampler": "dataset.contrast"}
 
-__all__ = ["DATASETS", "LOADERS", "Batch", "ContrastSampler", "DataBundle", "DataNeeds", "EpochLoader", "build"]
+__all__ = ["DATASETS", "LOADERS", "Batch", "ContrastSampler", "DataBundle", "DataNeeds", "EpochLoader", "build",
+           "check_full_batches"]
 
 
 def __getattr__(name: str) -> Any:

@@ -108,7 +108,7 @@ def build(
     if val_split > 0:
         kept, held = stratified_holdout(data.train.targets, val_split, seed)
         train, held_out = data.train.subset(kept), data.train.subset(held)
-    _check_batches(batch_size, len(train), needs.drop_last, world_size)
+    check_full_batches(batch_size, len(train), world_size, needs.drop_last)
     contrast = _contrast_sampler(needs, train.targets, device)
 
     def make_loader(arrays: ImageArrays, is_train: bool) -> EpochLoader:
@@ -170,7 +170,7 @@ def _build_imagenet(
     kept, held = np.arange(len(targets)), None
     if val_split > 0:
         kept, held = stratified_holdout(targets, val_split, shard["seed"])
-    _check_batches(batch_size, len(kept), needs.drop_last, shard["world_size"])
+    check_full_batches(batch_size, len(kept), shard["world_size"], needs.drop_last)
     contrast = _contrast_sampler(needs, targets[kept], shard["device"])
     common = {**shard, "batch_size": batch_size, "num_workers": num_workers}
 
@@ -204,7 +204,8 @@ def _contrast_sampler(needs: DataNeeds, targets: np.ndarray, device: torch.devic
                            needs.contrast_mode, device)
 
 
-def _check_batches(batch_size: int, num_train: int, drop_last: bool, world_size: int) -> None:
+def check_full_batches(batch_size: int, num_train: int, world_size: int, drop_last: bool = True) -> None:
+    """Refuse a batch size no process can fill, for a method that trains on full batches only."""
     per_rank = -(-num_train // world_size)
     if drop_last and per_rank < batch_size:
         raise UsageError(

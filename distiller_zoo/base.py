@@ -41,6 +41,33 @@ class Outputs:
         return Outputs([f.float() for f in self.features], self.logits.float())
 
 
+class TeacherPass:
+    """The frozen teacher's forward on one batch, run once for every Distiller that reads it.
+
+    The teacher runs without autograd (inference mode) at most once per tap (``preact``); a
+    Distiller that reads the logits only takes them from a pass with features when there is
+    one. Each reader gets its own copy, out of inference mode (losses save their inputs for
+    backward, which inference tensors do not allow), so no Distiller can alter another's.
+    """
+
+    def __init__(self, teacher: nn.Module, images: torch.Tensor) -> None:
+        self.teacher, self.images = teacher, images
+        self.passes: dict[bool | None, tuple[list[torch.Tensor], torch.Tensor]] = {}  # preact → pass; None: logits
+
+    def outputs(self, with_features: bool, preact: bool = False) -> Outputs:
+        """The teacher's feature list (if ``with_features``) and logits, as a fresh copy."""
+        key: bool | None = preact if with_features else next((k for k in self.passes if k is not None), None)
+        if key not in self.passes:
+            with torch.inference_mode():
+                if key is None:
+                    self.passes[key] = [], self.teacher(self.images)
+                else:
+                    features, logits = self.teacher(self.images, is_feat=True, preact=key)
+                    self.passes[key] = list(features), logits
+        features, logits = self.passes[key]
+        return Outputs([f.clone() for f in features] if with_features else [], logits.clone())
+
+
 @dataclass(frozen=True)
 class Argument:
     """A command-line flag a method reads (declared by the method, added by the options layer).
@@ -239,22 +266,19 @@ class Distiller(TrainingTask):
         return Outputs(list(features), logits)
 
     def run_teacher(self, images: torch.Tensor) -> Outputs:
-        """The teacher's forward without autograd (inference mode), as ordinary tensors.
+        """The teacher's outputs on ``images`` (its forward without autograd), as this method reads them."""
+        return TeacherPass(self.teacher, images).outputs(self.uses_features, self.preact)
 
-        The outputs are cloned out of inference mode because losses save them for backward,
-        which inference tensors do not allow.
+    def forward(self, batch: Batch,
+                teacher: TeacherPass | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Return the logits accuracy is measured on and the named, unweighted loss terms.
+
+        ``teacher`` is the teacher's pass on ``batch.images`` when several Distillers of one
+        teacher train on the same batch (a pack); by default this Distiller runs its teacher.
         """
-        with torch.inference_mode():
-            if self.uses_features:
-                features, logits = self.teacher(images, is_feat=True, preact=self.preact)
-            else:
-                features, logits = [], self.teacher(images)
-        return Outputs([f.clone() for f in features], logits.clone())
-
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Return the logits accuracy is measured on and the named, unweighted loss terms."""
         student = self.run_student(batch.images)
-        teacher = self.run_teacher(batch.images)
+        teacher_pass = TeacherPass(self.teacher, batch.images) if teacher is None else teacher
+        teacher = teacher_pass.outputs(self.uses_features, self.preact)
         with torch.autocast(batch.images.device.type, enabled=False):
             student_fp32, teacher_fp32 = student.float(), teacher.float()
             if self.stage == "init":

@@ -95,17 +95,21 @@ def check_gpu_id(gpu_id: str | None, device: str) -> None:
              "first number it does not have); the run uses those")
 
 
-def main(parse: Callable[[Sequence[str] | None], argparse.Namespace], kind: str,
+def main(parse: Callable[[Sequence[str] | None], argparse.Namespace | list[argparse.Namespace]], kind: str,
          argv: Sequence[str] | None = None) -> int:
-    """Run train_teacher.py (``kind="teacher"``) or train_student.py (``kind="student"``)."""
+    """Run train_teacher.py (``kind="teacher"``) or train_student.py (``kind="student"``).
+
+    ``parse`` gives one run's options, or a pack's (a list, one per member: ``--distill A,B``).
+    """
     from helper.driver import Interrupted, run
     from helper.loops import NonFiniteLoss
 
     try:
         select_gpus(sys.argv[1:] if argv is None else argv, kind)
-        opt = parse(argv)
-        check_gpu_id(opt.gpu_id, opt.device)
-        run(opt, kind)
+        opts = parse(argv)
+        first = opts[0] if isinstance(opts, list) else opts
+        check_gpu_id(first.gpu_id, first.device)
+        run(opts, kind)
     except UsageError as error:
         return _usage_error(str(error))
     except NonFiniteLoss as error:

@@ -1,16 +1,17 @@
-"""The run driver: from validated options to a finished run folder.
+"""A run: from its validated options and built task to a finished run folder.
 
-It builds the run's components (``helper.components``), runs the stages the task declares
-(an optional pre-training stage, then the main stage), evaluates, checkpoints and logs. It
-knows no method by name: everything method-specific comes from the Distiller.
+A :class:`Run` holds what is one run's own (its task, optimizer, schedule, state, logger and
+folder) and does its epoch bookkeeping: the stages the task declares (an optional
+pre-training stage, then the main stage), evaluation, checkpoints and logs. The epochs
+themselves are driven by :class:`~helper.pack.Pack`, which feeds one data stream to one or
+more runs. Nothing here knows a method by name: everything method-specific comes from the
+task.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +19,17 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from distiller_zoo.task import TrainingTask
 from errors import UsageError
 from helper import checkpoint as ckpt
 from helper import run_names
-from helper.components import build_components, student_name
-from helper.distributed import (
-    ProcessInfo,
-    average_batchnorm_statistics,
-    destroy_process_group,
-    init_process_group,
-)
+from helper.components import student_name
+from helper.distributed import ProcessInfo, average_batchnorm_statistics
 from helper.logger import RunLogger
-from helper.loops import EpochProgress, StepConfig, train_one_epoch, validate
+from helper.loops import EpochProgress, EpochTrainer, NonFiniteLoss, StepConfig, validate
 from helper.optim import make_optimizer, make_scheduler, make_sgd
-from helper.run_folder import check_writable, claim_run_folder
-from helper.seeding import rng_state, seed_everything, set_rng_state
-from helper.signals import StopFlag
-from helper.teacher import build_teacher, read_teacher
+from helper.run_folder import claim_run_folder
+from helper.seeding import RandomStreams
 from models.spec import spec_component
 
 AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -72,59 +67,66 @@ def run_name(opt: argparse.Namespace, teacher_arch: str | None) -> str:
                                       opt.beta, opt.trial)
 
 
+@dataclass
+class Shared:
+    """What the runs of one process share: the device, the process group, the data and the step settings.
+
+    A pack's members share the teacher too: it is each member's ``task.teacher``, one network.
+    """
+
+    device: torch.device
+    process: ProcessInfo
+    data: Any  # dataset.DataBundle
+    config: StepConfig
+    teacher_arch: str | None
+    teacher_acc: float | None = None
+
+
 class Run:
-    """One training run (teacher or student) from options to its folder of results."""
+    """One training run (teacher or student): its task, optimizer, schedule, state and folder.
 
-    def __init__(self, opt: argparse.Namespace, kind: str):
-        self.opt, self.kind = opt, kind
-        self.device = select_device(opt.device)
-        if opt.amp == "fp16" and self.device.type != "cuda":
-            raise UsageError("--amp fp16 needs a CUDA device; on CPU use --amp bf16")
-        self.process: ProcessInfo = init_process_group(self.device.type)
-        if self.device.type == "cuda":
-            self.device = torch.device("cuda", self.process.local_rank)
-        seed_everything(opt.seed + self.process.rank, opt.deterministic)
+    A :class:`~helper.pack.Pack` builds and drives its runs (a solo run is a pack of one): it
+    feeds every epoch's batches to :meth:`begin_epoch`'s trainer and calls :meth:`end_epoch`.
+    """
 
-        save_dir = Path(opt.save_dir).expanduser()
-        check_writable(save_dir)
-        run_kind = run_names.VANILLA if kind == "teacher" else run_names.DISTILLED
+    def __init__(self, opt: argparse.Namespace, kind: str, task: TrainingTask, shared: Shared,
+                 name: str, save_dir: Path):
+        self.opt, self.kind, self.task, self.shared = opt, kind, task, shared
         self.student_name = student_name(opt)
-        teacher_file = (read_teacher(opt.path_t, opt.model_t, opt.dataset, opt.pretrained_t) if kind == "student"
-                        else None)
-        self.teacher_arch = None if teacher_file is None else teacher_file.arch
-        self.name = run_name(opt, self.teacher_arch)
-        self.run_dir = run_names.run_dir(save_dir, run_kind, self.name)
-        self.tensorboard_dir = run_names.tensorboard_dir(save_dir, run_kind, self.name)
-        for folder in (self.run_dir, self.tensorboard_dir):
-            check_writable(folder)
-
-        factory = None if teacher_file is None else partial(build_teacher, teacher_file, dataset=opt.dataset)
-        components = build_components(opt, self.device, self.process, factory, self.teacher_arch,
-                                      sync_bn=opt.sync_bn and self.process.distributed)
-        self.data, self.task = components.data, components.task
-        self.model: nn.Module = self.task
+        self.teacher_arch = shared.teacher_arch
+        self.data, self.device, self.process = shared.data, shared.device, shared.process
+        self.name = name
+        run_kind = run_names.VANILLA if kind == "teacher" else run_names.DISTILLED
+        self.run_dir = run_names.run_dir(save_dir, run_kind, name)
+        self.tensorboard_dir = run_names.tensorboard_dir(save_dir, run_kind, name)
+        self.streams = RandomStreams()  # the global random state right after this run's task was built
+        self.model: nn.Module = task
         if self.process.distributed:
             self.model = DistributedDataParallel(
-                self.task, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                task, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 forward_sync_buffers=False, find_unused_parameters=True)  # buffers: rank 0's at start, then kept equal
-
-        self.config = StepConfig(self.device, AMP_DTYPES[opt.amp], opt.channels_last, opt.print_freq,
-                                 self.process.is_main)
+        self.config = shared.config
         self.logger = RunLogger(self.run_dir, self.tensorboard_dir, enabled=self.process.is_main)
-        self.stop = StopFlag(self.process, self.device, agree_every=min(opt.print_freq, 20))
         self.state = RunState()
-        self.init_spec = self.task.init_stage
+        self.init_spec = task.init_stage
         self.optimizer, self.scheduler = self._main_optimizer()
         self.scaler = torch.amp.GradScaler("cuda") if opt.amp == "fp16" else None
         self.init_optimizer = None
         self.pending: EpochProgress | None = None
+        self.failure: NonFiniteLoss | None = None  # why the run stopped early, if it did
+        self.trainer: EpochTrainer | None = None
+        self.lock = None
         if self.init_spec is not None:
-            self.init_optimizer = make_sgd(self.task.init_parameters(), self.init_spec.learning_rate, opt.momentum,
+            self.init_optimizer = make_sgd(task.init_parameters(), self.init_spec.learning_rate, opt.momentum,
                                            opt.weight_decay)
             self.state.stage = "init"
         if opt.resume:
             self._resume(self.init_optimizer)
-        self.lock = claim_run_folder(self.run_dir, resuming=bool(opt.resume)) if self.process.is_main else None
+
+    def claim_folder(self) -> None:
+        """Claim the run folder (the run's first write), once every run of the pack has been built."""
+        if self.process.is_main:
+            self.lock = claim_run_folder(self.run_dir, resuming=bool(self.opt.resume))
 
     # ----------------------------------------------------------------------------------------
 
@@ -134,9 +136,12 @@ class Run:
                                    opt.weight_decay, opt.dot_delta, opt.amp)
         return optimizer, make_scheduler(optimizer, opt.lr_decay_epochs, opt.lr_decay_rate)
 
-    def _checkpoint_state(self, optimizer: torch.optim.Optimizer,
-                          scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-                          partial: EpochProgress | None = None) -> dict[str, Any]:
+    @property
+    def _stage_optimizer(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+        return (self.init_optimizer, None) if self.state.stage == "init" else (self.optimizer, self.scheduler)
+
+    def _checkpoint_state(self, partial: EpochProgress | None = None) -> dict[str, Any]:
+        optimizer, scheduler = self._stage_optimizer
         return {
             "model": self.task.student.state_dict(),
             "distiller": self.task.trainable_state_dict(),
@@ -150,7 +155,7 @@ class Run:
             "best_acc": self.state.best_acc,
             "best_epoch": self.state.best_epoch,
             "history": self.state.history,
-            "rng": rng_state(),
+            "rng": self.streams.state,
             "arch": self.student_name,
             "num_classes": self.data.num_classes,
             "dataset": self.opt.dataset,
@@ -192,7 +197,7 @@ class Run:
         if state.get("partial"):
             partial = state["partial"]
             self.pending = EpochProgress(partial["iteration"], {k: tuple(v) for k, v in partial["meters"].items()})
-        set_rng_state(state["rng"])
+        self.streams = RandomStreams(state["rng"])
         where = f", {self.pending.iteration} iterations into the next" if self.pending else ""
         self.logger.info(f"resumed from {path}: stage {state['stage']}, epoch {state['epoch']} done{where}")
 
@@ -201,86 +206,98 @@ class Run:
         self.task.eval()
         return validate(self.task.predict, loader, self.config)
 
-    def _train_epoch(self, optimizer, scheduler, epoch: int, label: str) -> dict[str, float]:
-        """One epoch; on SIGTERM/SIGINT, save where it stopped as ``latest`` and raise Interrupted."""
-        self.data.train.set_epoch(epoch if label == "train" else -epoch)
-        self.task.set_epoch(epoch)
-        resume_from, self.pending = self.pending, None
-        record, stopped = train_one_epoch(self.model, self.task.loss_weights, self.data.train, optimizer,
-                                          self.config, epoch, label, self.scaler, self.stop, resume_from)
-        if stopped is not None:
-            self._save("latest.pth", self._checkpoint_state(optimizer, scheduler, stopped))
-            raise Interrupted(f"{label} epoch {epoch}, iteration {stopped.iteration}")
-        return record
-
     def _record(self, record: dict[str, Any]) -> None:
         self.state.history.append(record)
         self.logger.epoch(record, step=record["epoch"])
 
     # ----------------------------------------------------------------------------------------
+    # What the pack calls.
 
-    def execute(self) -> dict[str, Any]:
-        opt = self.opt
-        start = time.perf_counter()
-        if self.state.stage == "main" and self.state.epoch >= opt.epochs:
-            self.logger.info(f"run {self.name} is already finished ({opt.epochs} epochs); nothing to do")
-            return {"run_name": self.name, "finished": True}
-        self.stop.install()
+    @property
+    def finished(self) -> bool:
+        return self.state.stage == "main" and self.state.epoch >= self.opt.epochs
+
+    def start(self) -> None:
+        """Open the run: its folder line, its metrics as far as they go, its stage."""
         self.logger.info(f"run folder: {self.run_dir}")
         self.logger.rewrite(self.state.history)  # a fresh run starts its metrics anew, a resumed one keeps its own
-        teacher_acc = None
-        if self.kind == "student" and not opt.skip_validation:
-            teacher_acc = validate(self.task.teacher, self.data.test, self.config)["acc1"]
-            self.logger.info(f"teacher accuracy: {teacher_acc:.2f}")
-
         if self.state.stage == "init":
-            self._run_init_stage(self.init_optimizer)
-        self._run_main_stage()
-        return self._summary(time.perf_counter() - start, teacher_acc)
+            self.task.set_stage("init")
+            spec = self.init_spec
+            self.logger.info(f"init stage: {spec.epochs} epochs at lr {spec.learning_rate} on "
+                             f"{', '.join(spec.terms)}")
 
-    def _run_init_stage(self, optimizer: torch.optim.Optimizer) -> None:
-        spec = self.init_spec
-        self.task.set_stage("init")
-        self.logger.info(f"init stage: {spec.epochs} epochs at lr {spec.learning_rate} on {', '.join(spec.terms)}")
-        for epoch in range(self.state.epoch + 1, spec.epochs + 1):
-            train = self._train_epoch(optimizer, None, epoch, "init")
+    def next_epoch(self) -> tuple[int, int] | None:
+        """(0 for the init stage or 1 for the main stage, epoch) the run trains next; None when it is done."""
+        if self.failure is not None:
+            return None
+        if self.state.stage == "init":
+            if self.state.epoch < self.init_spec.epochs:
+                return 0, self.state.epoch + 1
+            self.state = RunState("main", 0, 0.0, 0, self.state.history)
+            self.task.set_stage("main")
+        return None if self.finished else (1, self.state.epoch + 1)
+
+    def begin_epoch(self, epoch: int, num_batches: int, label: str,
+                    full_batches: int | None) -> EpochTrainer:
+        """The trainer of this run's next epoch (``label`` "train" or "init")."""
+        self.task.set_epoch(epoch)
+        optimizer, _ = self._stage_optimizer
+        resume_from, self.pending = self.pending, None
+        self.epoch_lr = optimizer.param_groups[0]["lr"]
+        self.trainer = EpochTrainer(self.model, self.task.loss_weights, optimizer, self.config, epoch, num_batches,
+                                    label, self.scaler, resume_from, full_batches, self.streams)
+        return self.trainer
+
+    def save_interrupted(self) -> None:
+        """SIGTERM/SIGINT mid-epoch: save where this run's epoch stopped as ``latest``."""
+        self._save("latest.pth", self._checkpoint_state(self.trainer.interrupted()))
+
+    def fail(self, error: NonFiniteLoss) -> None:
+        """Stop this run alone: its last good checkpoint stays, its summary says why."""
+        self.failure = error
+        self.trainer.progress.close()
+        self.logger.info(f"stopped: {error}; the last good checkpoint is kept")
+
+    def end_epoch(self, elapsed: float) -> None:
+        """Finish the epoch the trainer ran: record it, evaluate, checkpoint."""
+        epoch = self.trainer.epoch
+        try:
+            train = self.trainer.finish(elapsed)
+        except NonFiniteLoss as error:
+            self.fail(error)
+            return
+        if self.state.stage == "init":
             self.state.epoch = epoch
             self._record({"stage": "init", "epoch": epoch, "init_train_loss": train.pop("loss"),
                           **{f"init_train_{k}" if k != "images_per_second" else k: v for k, v in train.items()}})
-            self._save("latest.pth", self._checkpoint_state(optimizer, None))
-        self.state = RunState("main", 0, 0.0, 0, self.state.history)
-        self.task.set_stage("main")
-
-    def _run_main_stage(self) -> None:
-        opt = self.opt
-        for epoch in range(self.state.epoch + 1, opt.epochs + 1):
-            lr = self.optimizer.param_groups[0]["lr"]
-            train = self._train_epoch(self.optimizer, self.scheduler, epoch, "train")
-            self.scheduler.step()
-            test = self._evaluate(self.data.test)
-            record = {"stage": "main", "epoch": epoch, "lr": lr,
-                      **{f"train_{k}" if k != "images_per_second" else k: v for k, v in train.items()},
-                      "test_acc": test["acc1"], "test_acc_top5": test["acc5"], "test_loss": test["loss"]}
-            selection = test["acc1"]
-            if self.data.val is not None:
-                val = self._evaluate(self.data.val)
-                record.update(val_acc=val["acc1"], val_acc_top5=val["acc5"], val_loss=val["loss"])
-                selection = val["acc1"]
-            self.state.epoch = epoch
-            improved = selection > self.state.best_acc or self.state.best_epoch == 0
-            if improved:
-                self.state.best_acc, self.state.best_epoch = selection, epoch
-            self._record(record)
-            self.logger.info(f"epoch {epoch}: train_loss {train['loss']:.4f} train_acc {train['acc1']:.2f} "
-                             f"test_acc {test['acc1']:.2f} ({train['images_per_second']:.0f} img/s)")
-            state = self._checkpoint_state(self.optimizer, self.scheduler)
-            if improved:
-                self._save(f"{spec_component(self.student_name)}_best.pth", {**state, "accuracy": selection})
-            if epoch % opt.save_freq == 0:
-                self._save(f"ckpt_epoch_{epoch}.pth", {**state, "accuracy": test["acc1"]})
-            if epoch == opt.epochs:
-                self._save(f"{spec_component(self.student_name)}_last.pth", {**state, "accuracy": test["acc1"]})
-            self._save("latest.pth", state)
+            self._save("latest.pth", self._checkpoint_state())
+            return
+        self.scheduler.step()
+        test = self._evaluate(self.data.test)
+        record = {"stage": "main", "epoch": epoch, "lr": self.epoch_lr,
+                  **{f"train_{k}" if k != "images_per_second" else k: v for k, v in train.items()},
+                  "test_acc": test["acc1"], "test_acc_top5": test["acc5"], "test_loss": test["loss"]}
+        selection = test["acc1"]
+        if self.data.val is not None:
+            val = self._evaluate(self.data.val)
+            record.update(val_acc=val["acc1"], val_acc_top5=val["acc5"], val_loss=val["loss"])
+            selection = val["acc1"]
+        self.state.epoch = epoch
+        improved = selection > self.state.best_acc or self.state.best_epoch == 0
+        if improved:
+            self.state.best_acc, self.state.best_epoch = selection, epoch
+        self._record(record)
+        self.logger.info(f"epoch {epoch}: train_loss {train['loss']:.4f} train_acc {train['acc1']:.2f} "
+                         f"test_acc {test['acc1']:.2f} ({train['images_per_second']:.0f} img/s)")
+        state = self._checkpoint_state()
+        if improved:
+            self._save(f"{spec_component(self.student_name)}_best.pth", {**state, "accuracy": selection})
+        if epoch % self.opt.save_freq == 0:
+            self._save(f"ckpt_epoch_{epoch}.pth", {**state, "accuracy": test["acc1"]})
+        if epoch == self.opt.epochs:
+            self._save(f"{spec_component(self.student_name)}_last.pth", {**state, "accuracy": test["acc1"]})
+        self._save("latest.pth", state)
 
     def _recorded_args(self) -> dict[str, Any]:
         """The run's flags as it ran them (the teacher architecture resolved), for summaries and resume checks."""
@@ -289,13 +306,14 @@ class Run:
             args["model_t"] = self.teacher_arch
         return args
 
-    def _summary(self, wall_time: float, teacher_acc: float | None = None) -> dict[str, Any]:
+    def summary(self, wall_time: float) -> dict[str, Any]:
+        """Write and return ``summary.json``: the run's best and last accuracies, or why it stopped."""
         history = [h for h in self.state.history if h["stage"] == "main"]
         last = history[-1] if history else {}
         best = next((h for h in history if h["epoch"] == self.state.best_epoch), {})
         summary = {
             "run_name": self.name,
-            "finished": self.state.stage == "main" and self.state.epoch >= self.opt.epochs,
+            "finished": self.finished,
             "epochs": len(history),
             "selection": "val_acc" if self.data.val is not None else "test_acc",
             "best_epoch": self.state.best_epoch,
@@ -304,26 +322,27 @@ class Run:
             "last_acc": last.get("test_acc"),
             "last_acc_top5": last.get("test_acc_top5"),
             "best_val_acc": best.get("val_acc"),
-            "teacher_acc": teacher_acc,
+            "teacher_acc": self.shared.teacher_acc,
             "wall_time_seconds": wall_time,
             "images_per_second": (sum(h["images_per_second"] for h in history) / len(history)) if history else None,
+            **({"stopped": str(self.failure)} if self.failure is not None else {}),
             "args": self._recorded_args(),
         }
         self.logger.summary(summary)
         return summary
 
     def close(self) -> None:
-        self.stop.uninstall()
         self.logger.close()
         if self.lock is not None:
             self.lock.close()
-        destroy_process_group()
 
 
-def run(opt: argparse.Namespace, kind: str) -> dict[str, Any]:
-    """Train per ``opt``; ``kind`` is ``"teacher"`` or ``"student"``. Returns the summary."""
-    run_ = Run(opt, kind)
+def run(opts: argparse.Namespace | list[argparse.Namespace], kind: str) -> list[dict[str, Any]]:
+    """Train the run (or the pack of runs) ``opts``; ``kind`` is ``"teacher"`` or ``"student"``; the summaries."""
+    from helper.pack import Pack
+
+    pack = Pack([opts] if isinstance(opts, argparse.Namespace) else list(opts), kind)
     try:
-        return run_.execute()
+        return pack.execute()
     finally:
-        run_.close()
+        pack.close()

@@ -22,10 +22,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from dataset.batch import Batch
+from distiller_zoo.base import TeacherPass
 from helper.distributed import all_reduce_sum
 from helper.logger import Progress
 from helper.meters import AverageMeter, accuracy
 from helper.optim import DistillationOrientedTrainer, is_task_term
+from helper.seeding import RandomStreams
 
 
 class NonFiniteLoss(RuntimeError):
@@ -130,6 +132,129 @@ def _average_gradients(model: nn.Module, parameters: list[nn.Parameter]) -> None
         grad.copy_(mean.view_as(grad))
 
 
+class EpochTrainer:
+    """One task's pass over one training epoch, fed batch by batch.
+
+    A solo run has one; a pack (several runs sharing the teacher and the data stream) has one
+    per member, all fed the same batches, each stepping its own task with its own optimizer,
+    meters and random streams (``streams``). A member that trains on full batches only
+    (``full_batches``, the method's ``drop_last`` need) skips a last partial batch the shared
+    loader yields for the others. :meth:`step` raises :class:`NonFiniteLoss` for this task
+    alone. ``resume_from`` continues an interrupted epoch: the loader replays the same epoch
+    (its randomness depends on the epoch alone) and the finished iterations are skipped.
+    """
+
+    def __init__(self, model: nn.Module, weights: dict[str, float], optimizer: torch.optim.Optimizer,
+                 config: StepConfig, epoch: int, num_batches: int, label: str = "train",
+                 scaler: torch.amp.GradScaler | None = None, resume_from: EpochProgress | None = None,
+                 full_batches: int | None = None, streams: RandomStreams | None = None):
+        self.model, self.weights, self.optimizer, self.config = model, weights, optimizer, config
+        self.epoch, self.scaler, self.full_batches, self.streams = epoch, scaler, full_batches, streams
+        self.meters: dict[str, AverageMeter] = {"loss": AverageMeter(), "acc1": AverageMeter(), "acc5": AverageMeter()}
+        self.skip = 0
+        if resume_from is not None:
+            self.skip = resume_from.iteration
+            for name, (total, count) in resume_from.meters.items():
+                self.meters.setdefault(name, AverageMeter()).restore(total, count)
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=config.device)
+        self.term_names: list[str] = []
+        self.check_every_step = config.device.type == "cpu"
+        self.progress = Progress(num_batches, f"{label} epoch {epoch}", config.print_freq, config.is_main)
+        self.dot = isinstance(optimizer, DistillationOrientedTrainer)
+        self.images_seen = 0
+        self.last_iteration = self.skip
+        model.train()
+
+    def wants(self, iteration: int, batch: Batch) -> bool:
+        """Whether this task trains on the loader's ``iteration``-th batch."""
+        return iteration > self.skip and (self.full_batches is None or len(batch) == self.full_batches)
+
+    def step(self, iteration: int, batch: Batch, teacher: TeacherPass | None = None) -> None:
+        """Train on one batch (already on the device); ``teacher`` shares the teacher's outputs."""
+        with self.streams.active() if self.streams is not None else contextlib.nullcontext():
+            self._step(iteration, batch, teacher)
+        self.last_iteration = iteration
+
+    def _step(self, iteration: int, batch: Batch, teacher: TeacherPass | None) -> None:
+        model, config = self.model, self.config
+        with config.autocast(), (_gradient_sync_off(model) if self.dot else contextlib.nullcontext()):
+            prediction, terms = model(batch) if teacher is None else model(batch, teacher)
+        self.term_names = list(terms)
+        stacked = torch.stack([value.detach().float() for value in terms.values()])
+        finite = torch.isfinite(stacked)
+        if self.check_every_step:
+            if not bool(finite.all()):
+                raise NonFiniteLoss(self.epoch, iteration, self.term_names[int((~finite).nonzero()[0])])
+        else:
+            self.first_bad = torch.where((self.first_bad < 0) & ~finite.all(), iteration, self.first_bad)
+
+        if self.dot:
+            loss = dot_backward_and_step(terms, self.weights, self.optimizer, model)
+        else:
+            loss = weighted_loss(terms, self.weights)
+            backward_and_step(loss, self.optimizer, self.scaler)
+
+        n = len(batch)
+        self.images_seen += n
+        top1, top5 = accuracy(prediction.detach(), batch.targets)
+        meters = self.meters
+        meters["loss"].update(loss.detach(), n)
+        meters["acc1"].update(top1, n)
+        meters["acc5"].update(top5, n)
+        for name, value in zip(self.term_names, stacked):
+            meters.setdefault(name, AverageMeter()).update(value, n)
+        if self.progress.wants_update(iteration):
+            self._raise_if_non_finite()
+            self.progress.update(iteration, {"loss": meters["loss"].avg, "acc1": meters["acc1"].avg})
+
+    def _raise_if_non_finite(self) -> None:
+        """On a GPU the check is deferred to log lines and the epoch's end (it syncs the device)."""
+        if not self.check_every_step and int(self.first_bad) >= 0:
+            raise NonFiniteLoss(self.epoch, int(self.first_bad), "(one of) " + ", ".join(self.term_names))
+
+    def interrupted(self) -> EpochProgress:
+        """Where the epoch stopped, to continue from (``resume_from``)."""
+        self.progress.close()
+        return EpochProgress(self.last_iteration, {n: (float(m.total), m.count) for n, m in self.meters.items()})
+
+    def finish(self, elapsed: float) -> dict[str, float]:
+        """The epoch means of the weighted loss, every term and top-1/top-5 (over processes), images/s."""
+        self.progress.close()
+        self._raise_if_non_finite()
+        record = _reduced_means(self.meters, self.config.device)
+        record["images_per_second"] = self.images_seen / max(elapsed, 1e-9)
+        return record
+
+
+def feed_epoch(trainers: list[EpochTrainer], loader: Iterable[Batch], config: StepConfig,
+               teacher: nn.Module | None = None, should_stop: Callable[[], bool] = lambda: False,
+               on_failure: Callable[[EpochTrainer, NonFiniteLoss], None] | None = None) -> bool:
+    """Feed every batch of ``loader`` to every trainer that wants it, the teacher run once per batch.
+
+    A trainer whose loss becomes non-finite is handed to ``on_failure`` and fed no more (without
+    ``on_failure`` the error propagates). Returns True when ``should_stop`` ended the epoch early.
+    """
+    live = list(trainers)
+    for iteration, batch in enumerate(loader, start=1):
+        wanting = [trainer for trainer in live if trainer.wants(iteration, batch)]
+        if wanting:
+            batch = batch.to(config.device, channels_last=config.channels_last)
+            shared = None if teacher is None else TeacherPass(teacher, batch.images)
+            for trainer in wanting:
+                try:
+                    trainer.step(iteration, batch, shared)
+                except NonFiniteLoss as error:
+                    if on_failure is None:
+                        raise
+                    live.remove(trainer)
+                    on_failure(trainer, error)
+        if not live:
+            return False
+        if should_stop():
+            return True
+    return False
+
+
 def train_one_epoch(
     model: nn.Module,
     weights: dict[str, float],
@@ -142,75 +267,17 @@ def train_one_epoch(
     should_stop: Callable[[], bool] = lambda: False,
     resume_from: EpochProgress | None = None,
 ) -> tuple[dict[str, float], EpochProgress | None]:
-    """Train ``model`` (a Distiller, possibly DDP-wrapped) for one pass over ``loader``.
+    """Train ``model`` (a task, possibly DDP-wrapped) for one pass over ``loader``, on its own.
 
-    Returns the epoch means of the weighted loss, every term, and top-1/top-5 accuracy
-    (reduced over processes) with images per second, and ``None``; or, when ``should_stop``
-    ended the epoch early, the partial record and the :class:`EpochProgress` to continue
-    from. ``resume_from`` continues such an epoch: the loader replays the same epoch (its
-    randomness depends on the epoch alone) and the finished iterations are skipped.
+    Returns the epoch's record (:meth:`EpochTrainer.finish`) and ``None``; or, when
+    ``should_stop`` ended the epoch early, an empty record and the :class:`EpochProgress` to
+    continue from.
     """
-    model.train()
-    meters: dict[str, AverageMeter] = {"loss": AverageMeter(), "acc1": AverageMeter(), "acc5": AverageMeter()}
-    skip = 0
-    if resume_from is not None:
-        skip = resume_from.iteration
-        for name, (total, count) in resume_from.meters.items():
-            meters.setdefault(name, AverageMeter()).restore(total, count)
-    first_bad = torch.full((), -1, dtype=torch.long, device=config.device)
-    term_names: list[str] = []
-    check_every_step = config.device.type == "cpu"
-    progress = Progress(len(loader), f"{label} epoch {epoch}", config.print_freq, config.is_main)
-    start, images_seen, stopped_at = time.perf_counter(), 0, None
-    dot = isinstance(optimizer, DistillationOrientedTrainer)
-
-    for iteration, batch in enumerate(loader, start=1):
-        if iteration <= skip:
-            continue
-        batch = batch.to(config.device, channels_last=config.channels_last)
-        with config.autocast(), (_gradient_sync_off(model) if dot else contextlib.nullcontext()):
-            prediction, terms = model(batch)
-        term_names = list(terms)
-        stacked = torch.stack([value.detach().float() for value in terms.values()])
-        finite = torch.isfinite(stacked)
-        if check_every_step:
-            if not bool(finite.all()):
-                raise NonFiniteLoss(epoch, iteration, term_names[int((~finite).nonzero()[0])])
-        else:
-            first_bad = torch.where((first_bad < 0) & ~finite.all(), iteration, first_bad)
-
-        if dot:
-            loss = dot_backward_and_step(terms, weights, optimizer, model)
-        else:
-            loss = weighted_loss(terms, weights)
-            backward_and_step(loss, optimizer, scaler)
-
-        n = len(batch)
-        images_seen += n
-        top1, top5 = accuracy(prediction.detach(), batch.targets)
-        meters["loss"].update(loss.detach(), n)
-        meters["acc1"].update(top1, n)
-        meters["acc5"].update(top5, n)
-        for name, value in zip(term_names, stacked):
-            meters.setdefault(name, AverageMeter()).update(value, n)
-
-        if progress.wants_update(iteration):
-            if not check_every_step and int(first_bad) >= 0:
-                raise NonFiniteLoss(epoch, int(first_bad), "(one of) " + ", ".join(term_names))
-            progress.update(iteration, {"loss": meters["loss"].avg, "acc1": meters["acc1"].avg})
-        if should_stop():
-            stopped_at = iteration
-            break
-    progress.close()
-    if not check_every_step and int(first_bad) >= 0:
-        raise NonFiniteLoss(epoch, int(first_bad), "(one of) " + ", ".join(term_names))
-
-    elapsed = time.perf_counter() - start
-    if stopped_at is not None:
-        return {}, EpochProgress(stopped_at, {n: (float(m.total), m.count) for n, m in meters.items()})
-    record = _reduced_means(meters, config.device)
-    record["images_per_second"] = images_seen / max(elapsed, 1e-9)
-    return record, None
+    trainer = EpochTrainer(model, weights, optimizer, config, epoch, len(loader), label, scaler, resume_from)
+    start = time.perf_counter()
+    if feed_epoch([trainer], loader, config, should_stop=should_stop):
+        return {}, trainer.interrupted()
+    return trainer.finish(time.perf_counter() - start), None
 
 
 def _reduced_means(meters: dict[str, AverageMeter], device: torch.device) -> dict[str, float]:

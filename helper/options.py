@@ -272,3 +272,17 @@ def parse_student_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if opt.kd_T <= 0:
         raise UsageError(f"--kd_T must be positive, got {opt.kd_T}")
     return opt
+
+
+def parse_student_pack(argv: Sequence[str] | None = None) -> list[argparse.Namespace]:
+    """Parse train_student.py's command line into one run's options, or a pack's (one per member).
+
+    ``--distill A,B`` and ``--model_s a,b`` name a pack (helper/pack_args.py): each member's
+    options are parsed from its own solo command line.
+    """
+    from helper.pack_args import member_argvs
+
+    members = member_argvs(sys.argv[1:] if argv is None else argv)
+    if len(members) == 1:
+        return [parse_student_args(argv)]
+    return [parse_student_args(member) for member in members]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -47,3 +49,23 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RandomStreams:
+    """A run's own global random-number state, swapped in while it works.
+
+    The runs of a pack share one process, so the draws one makes (dropout, a method's random
+    projections) would otherwise shift every other's; each swaps its own state in for its
+    steps, and draws exactly what it would draw running alone.
+    """
+
+    def __init__(self, state: dict | None = None) -> None:
+        self.state = rng_state() if state is None else state
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        set_rng_state(self.state)
+        try:
+            yield
+        finally:
+            self.state = rng_state()

@@ -69,9 +69,9 @@ def run_main(kind: str, args: list[str], capsys=None) -> tuple[int, str]:
     Returns the exit status and what was written to stderr (when ``capsys`` is given).
     """
     from helper.cli import main
-    from helper.options import parse_student_args, parse_teacher_args
+    from helper.options import parse_student_pack, parse_teacher_args
 
-    parse = parse_teacher_args if kind == "teacher" else parse_student_args
+    parse = parse_teacher_args if kind == "teacher" else parse_student_pack
     status = main(parse, kind, args)
     err = capsys.readouterr().err if capsys is not None else ""
     return status, err

@@ -11,9 +11,12 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from helper import run_names
 
 REPO = Path(__file__).resolve().parents[1]
+TIMING_KEYS = {"images_per_second"}  # the one record entry that differs between equal trainings
 
 
 def write_run(save_dir: Path, model: str, test_acc: Sequence[float], *, teacher: str | None = None,
@@ -59,3 +62,17 @@ def write_run(save_dir: Path, model: str, test_acc: Sequence[float], *, teacher:
     }
     (folder / "summary.json").write_text(json.dumps(summary))
     return folder
+
+
+def assert_same_training(a: dict, b: dict) -> None:
+    """Two checkpoints of the same training: equal weights, method state, optimizer state and history."""
+    for part in ("model", "distiller"):
+        assert a[part].keys() == b[part].keys()
+        for key in a[part]:
+            torch.testing.assert_close(a[part][key], b[part][key], rtol=0, atol=0, msg=f"{part}.{key}")
+    for slot_a, slot_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        for key in slot_a:
+            torch.testing.assert_close(slot_a[key], slot_b[key], rtol=0, atol=0)
+    strip = [{k: v for k, v in record.items() if k not in TIMING_KEYS} for record in a["history"]]
+    assert strip == [{k: v for k, v in record.items() if k not in TIMING_KEYS} for record in b["history"]]
+    assert (a["epoch"], a["best_epoch"]) == (b["epoch"], b["best_epoch"])

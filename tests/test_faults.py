@@ -25,9 +25,9 @@ import distiller_zoo
 from errors import UsageError
 from helper.run_folder import LOCK_NAME, check_writable, claim_run_folder
 from tests.conftest import run_main
+from tests.runfolders import TIMING_KEYS, assert_same_training
 
 REPO = Path(__file__).resolve().parents[1]
-TIMING_KEYS = {"images_per_second"}
 
 
 @pytest.fixture(scope="module")
@@ -50,19 +50,6 @@ def _run(command: list[str]) -> subprocess.CompletedProcess:
 def _last_checkpoint(save: Path) -> dict:
     (path,) = save.glob("*/models/*/*_last.pth")
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _assert_identical(a: dict, b: dict) -> None:
-    for part in ("model", "distiller"):
-        assert a[part].keys() == b[part].keys()
-        for key in a[part]:
-            torch.testing.assert_close(a[part][key], b[part][key], rtol=0, atol=0, msg=f"{part}.{key}")
-    for slot_a, slot_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        for key in slot_a:
-            torch.testing.assert_close(slot_a[key], slot_b[key], rtol=0, atol=0)
-    strip = [{k: v for k, v in record.items() if k not in TIMING_KEYS} for record in a["history"]]
-    assert strip == [{k: v for k, v in record.items() if k not in TIMING_KEYS} for record in b["history"]]
-    assert (a["epoch"], a["best_epoch"]) == (b["epoch"], b["best_epoch"])
 
 
 def _metrics(save: Path) -> list[dict]:
@@ -108,7 +95,7 @@ def test_sigkill_at_a_random_moment_then_resume_is_exact(kind, extra, seed, tmp_
 
     killed_save = tmp_path / "killed"
     _kill_then_resume(_command(kind, small_cifar, killed_save, extra), random.Random(seed).uniform(0, 0.8 * duration))
-    _assert_identical(_last_checkpoint(straight_save), _last_checkpoint(killed_save))
+    assert_same_training(_last_checkpoint(straight_save), _last_checkpoint(killed_save))
     assert _metrics(straight_save) == _metrics(killed_save)
 
 
@@ -133,7 +120,7 @@ def test_sigterm_finishes_the_step_saves_and_resumes_exactly(tmp_path, small_cif
 
     resumed = _run([*command, "--resume", "auto"])
     assert resumed.returncode == 0, resumed.stderr
-    _assert_identical(_last_checkpoint(straight_save), _last_checkpoint(stopped_save))
+    assert_same_training(_last_checkpoint(straight_save), _last_checkpoint(stopped_save))
 
 
 def test_a_second_signal_exits_at_once():
@@ -240,7 +227,7 @@ def test_every_method_resumes_exactly_at_an_epoch_boundary(method, tmp_path, sma
     assert run_main("student", [*common, "--epochs", "2", "--save_dir", str(straight)])[0] == 0
     assert run_main("student", [*common, "--epochs", "1", "--save_dir", str(resumed)])[0] == 0
     assert run_main("student", [*common, "--epochs", "2", "--save_dir", str(resumed), "--resume", "auto"])[0] == 0
-    _assert_identical(_last_checkpoint(straight), _last_checkpoint(resumed))
+    assert_same_training(_last_checkpoint(straight), _last_checkpoint(resumed))
 
 
 def test_sigterm_in_the_init_stage_of_a_two_stage_method_resumes_exactly(tmp_path, small_cifar, cifar100_teacher):
@@ -259,7 +246,7 @@ def test_sigterm_in_the_init_stage_of_a_two_stage_method_resumes_exactly(tmp_pat
     assert process.returncode == 143 and "init epoch 2" in err
     resumed = _run([*command, "--resume", "auto"])
     assert resumed.returncode == 0, resumed.stderr
-    _assert_identical(_last_checkpoint(straight_save), _last_checkpoint(stopped_save))
+    assert_same_training(_last_checkpoint(straight_save), _last_checkpoint(stopped_save))
 
 
 def test_torchrun_run_resumes_exactly(tmp_path, small_cifar, cifar100_teacher):
@@ -277,7 +264,7 @@ def test_torchrun_run_resumes_exactly(tmp_path, small_cifar, cifar100_teacher):
     assert torchrun(resumed, "1").returncode == 0
     result = torchrun(resumed, "2", "--resume", "auto")
     assert result.returncode == 0, result.stderr
-    _assert_identical(_last_checkpoint(straight), _last_checkpoint(resumed))
+    assert_same_training(_last_checkpoint(straight), _last_checkpoint(resumed))
 
 
 # --- a full disk during a run --------------------------------------------------------------------

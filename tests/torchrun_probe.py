@@ -90,9 +90,9 @@ def main(kind: str, argv: list[str]) -> int:
     import torch
 
     import dataset
-    from helper import driver
+    from helper import pack
     from helper.cli import main as entry_point
-    from helper.options import parse_student_args, parse_teacher_args
+    from helper.options import parse_student_pack, parse_teacher_args
 
     rank = int(os.environ.get("RANK", 0))
     writes: list[str] = []
@@ -106,11 +106,12 @@ def main(kind: str, argv: list[str]) -> int:
         bundle.train = _RecordingLoader(bundle.train, batches)
         return bundle
 
-    execute = driver.Run.execute
+    execute = pack.Pack.execute
 
-    def recording_execute(run: Any) -> Any:
+    def recording_execute(runs: Any) -> Any:
+        (run,) = runs.runs
         initial = {key: value.clone() for key, value in run.task.student.state_dict().items()}
-        summary = execute(run)
+        summary = execute(runs)
         record = {"rank": run.process.rank, "world_size": run.process.world_size, "batches": batches,
                   "initial_student": initial,
                   "method_state": run.task.trainable_state_dict(),
@@ -119,8 +120,8 @@ def main(kind: str, argv: list[str]) -> int:
         return summary
 
     dataset.build = recording_build
-    driver.Run.execute = recording_execute
-    return entry_point(parse_teacher_args if kind == "teacher" else parse_student_args, kind, argv)
+    pack.Pack.execute = recording_execute
+    return entry_point(parse_teacher_args if kind == "teacher" else parse_student_pack, kind, argv)
 
 
 if __name__ == "__main__":
