@@ -23,6 +23,15 @@ windows of ``--steps`` steps, the device synchronised before and after each wind
 window is reported (the least disturbed by other work on the machine). All windows draw from
 one stream of batches, so loader workers are not restarted between them.
 
+Packs (``--pack kd,crd,rrd``, instead of ``--methods``): the step of a packed run, every member
+stepping on one batch after one teacher pass, against the sum of its members' solo steps,
+measured in the same run. Both are the real :class:`helper.pack.Pack` of train_student.py's
+``--distill kd,crd,rrd`` (its members' options from ``parse_student_pack``, a teacher file of
+random weights, a temporary save folder), driven by ``helper.loops.feed_epoch`` over windows of
+its loader as ``Pack`` drives an epoch; a member alone is a pack of one, with its own solo
+loader. The teacher pass alone (its forward on the pack's batches) is timed too, being what the
+pack saves per extra member. ``--student a,b`` packs students as ``--model_s a,b`` does.
+
 Memory: on CUDA, ``torch.cuda.max_memory_allocated`` of each measurement. On the CPU, the peak
 resident set size (``getrusage``), which is process-wide and never goes down: with
 ``--isolate`` every measurement runs in a fresh process and the number is its own peak; without
@@ -32,6 +41,7 @@ it the number is the peak *so far* in this process, and the report says so.
     python scripts/benchmark.py --methods kd --variants fp32,bf16+cl          # CPU bf16 speed-up
     python scripts/benchmark.py --methods all --isolate --json all.json       # every method
     python scripts/benchmark.py --methods kd,crd --loader fast,torchvision --num_workers 2
+    python scripts/benchmark.py --pack kd,crd,rrd --isolate                  # a pack against its solo runs
 
 Any flag of train_student.py not listed by ``--help`` (``--nce_k 4096``, ``--feat_dim 64``) is
 handed on to every method's options.
@@ -47,6 +57,11 @@ images_per_second, ms_per_step, epoch_seconds`` (50,000 images at that rate),
 variant) and ``error`` (null, or why the measurement failed); a result also has ``method,
 loader, floor_ratio`` (ms/step over its variant's floor) and ``baseline_ratio`` (ms/step over
 the ``--baseline`` method's with the same loader and variant; null when that was not measured).
+With ``--pack`` there are no floors; ``results`` holds, per loader × variant, one record per
+member alone (``kind`` ``member``, ``member`` its index), the pack's (``pack``) and the teacher
+pass's (``teacher``), ``method`` being the member's label or the pack's members, and ``packs``
+one summary per loader × variant: ``loader, variant, members, solo_sum_ms_per_step,
+pack_ms_per_step, teacher_ms_per_step, ratio`` (pack over the sum; null when a measurement failed).
 """
 
 from __future__ import annotations
@@ -54,6 +69,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import io
 import json
 import math
 import os
@@ -77,13 +93,15 @@ import distiller_zoo
 from dataset.batch import Batch
 from dataset.bundle import EpochLoader
 from dataset.catalog import LOADERS
+from distiller_zoo.base import TeacherPass
 from errors import UsageError
-from helper.components import build_components
+from helper.components import build_components, data_needs
 from helper.distributed import ProcessInfo
 from helper.driver import AMP_DTYPES, select_device
-from helper.loops import StepConfig, backward_and_step, train_one_epoch
+from helper.loops import StepConfig, backward_and_step, feed_epoch, train_one_epoch
 from helper.optim import make_optimizer, make_sgd
-from helper.options import parse_student_args, resolve_model
+from helper.options import parse_student_args, parse_student_pack, resolve_model
+from helper.pack import Pack, union_needs
 from helper.seeding import seed_everything
 from models import build_model
 from scripts.markdown_tables import markdown_table
@@ -130,12 +148,17 @@ class Variant:
 
 @dataclass(frozen=True)
 class Job:
-    """One measurement: the floor of a variant, or the training step of a method, loader and variant."""
+    """One measurement: the floor of a variant, the training step of a method, loader and variant, or of a pack.
 
-    kind: str  # "floor" or "step"
+    ``kind`` is ``floor``, ``step``, or for ``--pack``: ``member`` (member ``member`` alone),
+    ``pack`` (all members on one batch) or ``teacher`` (the pack's teacher pass alone).
+    """
+
+    kind: str
     variant: str
-    method: str | None = None
+    method: str | None = None  # the method; of a pack's job, the member's label or the members'
     loader: str | None = None
+    member: int | None = None
 
 
 @dataclass
@@ -154,7 +177,10 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--teacher", default="resnet32x4", help="teacher network (random weights)")
     p.add_argument("--student", default="resnet8x4", help="student network")
-    p.add_argument("--methods", default="kd", help="comma-separated method names, or 'all'")
+    p.add_argument("--methods", default=None, help="comma-separated method names, or 'all' (default: kd)")
+    p.add_argument("--pack", default=None,
+                   help="comma-separated methods trained as one pack (--distill A,B,C), timed against the "
+                        "sum of their solo runs; replaces --methods")
     p.add_argument("--baseline", default="kd", help="the method every other one is compared with")
     p.add_argument("--loader", default="fast", help="comma-separated: fast, torchvision")
     p.add_argument("--batch_size", type=int, default=64)
@@ -253,10 +279,10 @@ class _Window:
 # Measurement
 
 
-def student_options(args: argparse.Namespace, extras: Sequence[str], method: str, loader: str,
-                    variant: Variant, data_root: str) -> argparse.Namespace:
-    """The options train_student.py would build for this configuration (its parser, its defaults)."""
-    argv = ["--path_t", "(random weights)", "--model_s", args.student, "--distill", method,
+def _student_argv(args: argparse.Namespace, extras: Sequence[str], methods: str, loader: str, variant: Variant,
+                  data_root: str, path_t: str) -> list[str]:
+    """train_student.py's command line for this configuration (``methods``: one, or a pack's)."""
+    argv = ["--path_t", path_t, "--model_s", args.student, "--distill", methods,
             "--dataset", "cifar100", "--data_root", data_root, "--batch_size", str(args.batch_size),
             "--loader", loader, "--num_workers", str(args.num_workers), "--device", args.device,
             "--seed", str(args.seed), *extras]
@@ -266,7 +292,34 @@ def student_options(args: argparse.Namespace, extras: Sequence[str], method: str
         argv.append("--channels_last")
     if variant.compile:
         argv.append("--compile")
-    return parse_student_args(argv)
+    return argv
+
+
+def student_options(args: argparse.Namespace, extras: Sequence[str], method: str, loader: str,
+                    variant: Variant, data_root: str) -> argparse.Namespace:
+    """The options train_student.py would build for this configuration (its parser, its defaults)."""
+    return parse_student_args(_student_argv(args, extras, method, loader, variant, data_root, "(random weights)"))
+
+
+def pack_options(args: argparse.Namespace, extras: Sequence[str], loader: str, variant: Variant, data_root: str,
+                 path_t: str = "(random weights)", save_dir: str = ".") -> list[argparse.Namespace]:
+    """The members' options train_student.py builds for ``--distill <--pack>`` (one per member, in order).
+
+    The members must be able to share one loader (:func:`helper.pack.union_needs`), as in a real pack.
+    """
+    argv = _student_argv(args, extras, args.pack, loader, variant, data_root, path_t)
+    opts = parse_student_pack([*argv, "--model_t", args.teacher, "--save_dir", save_dir])
+    union_needs([data_needs(opt, distils=True) for opt in opts])
+    return opts
+
+
+def member_labels(opts: Sequence[argparse.Namespace]) -> list[str]:
+    """What the report calls each member: its method, with the student if the pack has several, and
+    the weights if that is not yet unique."""
+    several = len({opt.model_s for opt in opts}) > 1
+    labels = [f"{opt.model_s} {opt.distill}" if several else opt.distill for opt in opts]
+    return [f"{label} r:{opt.gamma} a:{opt.alpha} b:{opt.beta}" if labels.count(label) > 1 else label
+            for label, opt in zip(labels, opts)]
 
 
 def _synchronize(device: torch.device) -> None:
@@ -373,6 +426,52 @@ def measure_floor(args: argparse.Namespace, extras: Sequence[str], job: Job, dat
     return time_windows(run, device, args, opt.batch_size)
 
 
+def write_random_teacher(folder: Path, arch: str, seed: int) -> Path:
+    """A teacher file of ``arch`` (CIFAR-100 sized) with random weights, as ``--path_t`` reads it."""
+    torch.manual_seed(seed)
+    path = folder / f"{arch}_random.pth"
+    torch.save({"model": build_model(arch, CIFAR100_CLASSES, CIFAR_IMAGE_SIZE).state_dict()}, path)
+    return path
+
+
+def measure_pack(args: argparse.Namespace, extras: Sequence[str], job: Job, data_root: str) -> Measurement:
+    """The step of the pack, of one member alone (a pack of one) or of the pack's teacher pass.
+
+    The real :class:`~helper.pack.Pack` is built in a temporary folder (a random-weight teacher
+    file, the save folder) and its runs are fed windows of its loader by ``feed_epoch``, one
+    teacher pass per batch, as ``Pack`` feeds an epoch. The runs' progress line at each window's
+    end is not printed.
+    """
+    variant = Variant.parse(job.variant)
+    teacher_arch = resolve_model(args.teacher, "cifar100", "--teacher")
+    with tempfile.TemporaryDirectory(prefix="benchmark_pack_") as folder:
+        path_t = write_random_teacher(Path(folder), teacher_arch, args.seed)
+        opts = pack_options(args, extras, job.loader, variant, data_root, str(path_t), str(Path(folder) / "save"))
+        pack = Pack(opts if job.member is None else [opts[job.member]], "student")
+        try:
+            stream = BatchStream(pack.shared.data.train)
+            config = pack.shared.config
+            # Feature readers step first, as Pack.execute orders them, so a logits-only member reuses their pass.
+            stepping = sorted(zip(pack.runs, pack.full_batches),
+                              key=lambda member: not getattr(member[0].task, "uses_features", True))
+
+            def run_pack(steps: int) -> None:
+                trainers = [run.begin_epoch(1, steps, "train", full) for run, full in stepping]
+                with contextlib.redirect_stdout(io.StringIO()):
+                    feed_epoch(trainers, stream.window(steps), config, pack.teacher)
+
+            def run_teacher(steps: int) -> None:
+                for batch in stream.window(steps):
+                    batch = batch.to(config.device, channels_last=config.channels_last)
+                    with config.autocast():
+                        TeacherPass(pack.teacher, batch.images).outputs(with_features=True)
+
+            return time_windows(run_teacher if job.kind == "teacher" else run_pack, pack.shared.device, args,
+                                opts[0].batch_size)
+        finally:
+            pack.close()
+
+
 def failed_record(job: Job, error: str) -> dict[str, Any]:
     """The record of a measurement that did not complete: no numbers, and why."""
     variant = Variant.parse(job.variant)
@@ -384,7 +483,7 @@ def failed_record(job: Job, error: str) -> dict[str, Any]:
 def run_job(args: argparse.Namespace, extras: Sequence[str], job: Job, data_root: str) -> dict[str, Any]:
     """One measurement in this process, as a record; a failure becomes the record's ``error``."""
     variant = Variant.parse(job.variant)
-    measure = measure_floor if job.kind == "floor" else measure_step
+    measure = {"floor": measure_floor, "step": measure_step}.get(job.kind, measure_pack)
     try:
         measured = measure(args, extras, job, data_root)
     except Exception as error:  # one failed configuration must not lose the others' numbers
@@ -468,24 +567,49 @@ def _cells(record: dict[str, Any]) -> list[str]:
             _number(record["epoch_seconds"], 1), _number(record["peak_memory_mib"], 0)]
 
 
-def markdown(report: dict[str, Any]) -> str:
-    """The report as Markdown: a header describing the run, the floor table, the step table."""
+def add_pack_ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per loader × variant of ``--pack``: the pack's ms/step over the sum of its members' solo ones.
+
+    Every record gets ``sum_ratio`` (its ms/step over that sum); the summaries are returned.
+    """
+    packs = []
+    for loader, variant in dict.fromkeys((r["loader"], r["variant"]) for r in results):
+        mine = [r for r in results if (r["loader"], r["variant"]) == (loader, variant)]
+        members = [r for r in mine if r["kind"] == "member"]
+        pack, teacher = (next(r for r in mine if r["kind"] == kind) for kind in ("pack", "teacher"))
+        solo = [r["ms_per_step"] for r in members]
+        total = None if None in solo else sum(solo)
+        for record in mine:
+            record["sum_ratio"] = _ratio(record["ms_per_step"], total)
+        packs.append({"loader": loader, "variant": variant, "members": [r["method"] for r in members],
+                      "solo_sum_ms_per_step": total, "pack_ms_per_step": pack["ms_per_step"],
+                      "teacher_ms_per_step": teacher["ms_per_step"], "ratio": pack["sum_ratio"]})
+    return packs
+
+
+def _header_lines(report: dict[str, Any]) -> list[str]:
+    """What every report starts with: the pair, the machine, the timing, the data and the memory."""
     machine, settings = report["machine"], report["settings"]
-    several = len(settings["variants"]) > 1
-    first = settings["variants"][0]
-    baseline = settings["baseline"]
     timing = (f"{settings['warmup']} warm-up steps, best of {settings['repeats']} window(s) of "
               f"{settings['steps']} timed steps")
-    lines = [
+    return [
         f"### {settings['teacher']} → {settings['student']}, batch {settings['batch_size']}, "
         f"{machine['device']} ({machine['device_name']}, {machine['threads']} threads), torch {machine['torch']}",
         "",
         f"{timing}; data: {settings['data']}; memory: {report['memory']}. "
         "s/epoch = 50,000 images at the measured rate.",
         "",
-        "Bare floor (teacher forward + student forward/backward with cross-entropy + SGD, one batch in memory):",
-        "",
     ]
+
+
+def _step_lines(report: dict[str, Any]) -> list[str]:
+    """The floor table and the step table."""
+    settings = report["settings"]
+    several = len(settings["variants"]) > 1
+    first = settings["variants"][0]
+    baseline = settings["baseline"]
+    lines = ["Bare floor (teacher forward + student forward/backward with cross-entropy + SGD, one batch in memory):",
+             ""]
     floor_header = ["variant", "img/s", "ms/step", "s/epoch", "peak MiB"]
     floor_header += [f"speed-up vs {first}"] if several else []
     floor_rows = [[f["variant"], *_cells(f), *([_number(f["speedup"], 2)] if several else [])]
@@ -502,8 +626,38 @@ def markdown(report: dict[str, Any]) -> str:
         row += [_number(r["baseline_ratio"], 2)] if show_baseline else []
         row += [_number(r["speedup"], 2)] if several else []
         rows.append(row)
-    lines.append(markdown_table(header, rows))
-    return "\n".join(lines)
+    return [*lines, markdown_table(header, rows)]
+
+
+PACK_ROWS = {"member": "{} alone", "pack": "pack {}", "teacher": "teacher pass (inside each step)"}
+
+
+def _pack_lines(report: dict[str, Any]) -> list[str]:
+    """Per loader × variant: each member alone, their sum, the pack, the teacher pass; then the ratios."""
+    header = ["run", "loader", "variant", "img/s", "ms/step", "s/epoch", "peak MiB", "× sum of solos"]
+    rows, verdicts = [], []
+    for summary in report["packs"]:
+        where = (summary["loader"], summary["variant"])
+        mine = [r for r in report["results"] if (r["loader"], r["variant"]) == where]
+        members = [r for r in mine if r["kind"] == "member"]
+        for record in mine:
+            if record["kind"] == "pack":  # the sum goes between the members and the pack
+                epochs = [r["epoch_seconds"] for r in members]
+                rows.append(["sum of the solo steps", *where, "–", _number(summary["solo_sum_ms_per_step"], 1),
+                             "–" if None in epochs else _number(sum(epochs), 1), "–",
+                             _number(1.0 if summary["solo_sum_ms_per_step"] else None, 2)])
+            rows.append([PACK_ROWS[record["kind"]].format(record["method"]), *where, *_cells(record),
+                         _number(record["sum_ratio"], 2)])
+        verdicts.append(f"- {', '.join(where)}: pack / sum of solo steps = **{_number(summary['ratio'], 2)}**")
+    return ["Pack (one batch, one teacher pass, then every member's step) against each member alone "
+            "(a pack of one, on its own loader), all through helper.pack.Pack and feed_epoch:", "",
+            markdown_table(header, rows), "", *verdicts]
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: a header describing the run, then the floor and step tables, or the pack table."""
+    body = _pack_lines(report) if report["packs"] else _step_lines(report)
+    return "\n".join([*_header_lines(report), *body])
 
 
 # --------------------------------------------------------------------------------------------
@@ -515,7 +669,7 @@ def _split(text: str) -> list[str]:
 
 
 def plan(args: argparse.Namespace) -> tuple[list[Variant], list[str], list[str]]:
-    """Variants, methods and loaders to measure, checked before anything is timed."""
+    """Variants, methods and loaders to measure, checked before anything is timed (no methods with --pack)."""
     if args.variants:
         variants = [Variant.parse(text) for text in _split(args.variants)]
     else:
@@ -523,15 +677,20 @@ def plan(args: argparse.Namespace) -> tuple[list[Variant], list[str], list[str]]
     if len({v.name for v in variants}) != len(variants):
         raise UsageError(f"--variants {args.variants} names a variant twice")
     args.baseline = distiller_zoo.canonical_name(args.baseline)
-    if args.methods.strip() == "all":
+    if args.pack is not None and args.methods is not None:
+        raise UsageError("--pack measures its own methods; leave out --methods")
+    chosen = "kd" if args.methods is None else args.methods
+    if args.pack is not None:
+        methods = []
+    elif chosen.strip() == "all":
         methods = [args.baseline, *(name for name in distiller_zoo.DISTILLERS if name != args.baseline)]
     else:
-        methods = list(dict.fromkeys(distiller_zoo.canonical_name(m) for m in _split(args.methods)))
+        methods = list(dict.fromkeys(distiller_zoo.canonical_name(m) for m in _split(chosen)))
     loaders = list(dict.fromkeys(_split(args.loader)))
     unknown = [name for name in loaders if name not in LOADERS]
-    if not methods or not loaders or unknown:
+    if (not methods and args.pack is None) or not loaders or unknown:
         raise UsageError(f"--methods and --loader must name at least one method and one of "
-                         f"{', '.join(LOADERS)} (got {args.methods!r}, {args.loader!r})")
+                         f"{', '.join(LOADERS)} (got {chosen!r}, {args.loader!r})")
     for name, value in (("batch_size", args.batch_size), ("steps", args.steps), ("repeats", args.repeats),
                         ("num_images", args.num_images)):
         if value < 1:
@@ -557,6 +716,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(threads)  # a caller in this process (a test) keeps its own setting
 
 
+def pack_jobs(args: argparse.Namespace, extras: Sequence[str], loader: str, variant: Variant) -> list[Job]:
+    """The measurements of ``--pack`` on one loader and variant: each member alone, the pack, its teacher pass."""
+    labels = member_labels(pack_options(args, extras, loader, variant, args.data_root or "."))
+    if len(labels) < 2:
+        raise UsageError(f"--pack {args.pack} names one run; a pack has two or more (--pack kd,crd)")
+    if len(set(labels)) < len(labels):
+        raise UsageError(f"--pack {args.pack} names the same run twice; give each member its own method or weights")
+    members = ",".join(labels)
+    return [*(Job("member", variant.name, label, loader, number) for number, label in enumerate(labels)),
+            Job("pack", variant.name, members, loader), Job("teacher", variant.name, members, loader)]
+
+
 def _benchmark(argv: list[str], args: argparse.Namespace, extras: list[str]) -> int:
     try:
         variants, methods, loaders = plan(args)
@@ -572,12 +743,15 @@ def _benchmark(argv: list[str], args: argparse.Namespace, extras: list[str]) -> 
             for loader in loaders:
                 for variant in variants:
                     student_options(args, extras, method, loader, variant, args.data_root or ".")
+        jobs = [Job("floor", v.name) for v in variants]
+        jobs += [Job("step", v.name, m, loader) for m in methods for loader in loaders for v in variants]
+        if args.pack is not None:
+            jobs = [job for loader in loaders for variant in variants
+                    for job in pack_jobs(args, extras, loader, variant)]
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    jobs = [Job("floor", v.name) for v in variants]
-    jobs += [Job("step", v.name, m, loader) for m in methods for loader in loaders for v in variants]
     with contextlib.ExitStack() as stack:
         data_root = args.data_root
         if data_root is None:
@@ -593,8 +767,9 @@ def _benchmark(argv: list[str], args: argparse.Namespace, extras: list[str]) -> 
                 records.append(run_job(args, extras, job, data_root))
 
     floors = [r for r in records if r["kind"] == "floor"]
-    results = [r for r in records if r["kind"] == "step"]
-    add_ratios(floors, results, variants, args.baseline)
+    results = [r for r in records if r["kind"] != "floor"]
+    add_ratios(floors, [r for r in results if r["kind"] == "step"], variants, args.baseline)
+    packs = add_pack_ratios(results) if args.pack is not None else []
     if device.type == "cuda":
         memory = "torch.cuda.max_memory_allocated per measurement (MiB)"
     elif args.isolate:
@@ -604,7 +779,7 @@ def _benchmark(argv: list[str], args: argparse.Namespace, extras: list[str]) -> 
     report = {
         "machine": machine_description(device),
         "settings": {
-            "teacher": args.teacher, "student": args.student, "batch_size": args.batch_size,
+            "teacher": args.teacher, "student": args.student, "pack": args.pack, "batch_size": args.batch_size,
             "num_images": None if args.data_root else args.num_images,
             "data": args.data_root or f"{args.num_images} generated CIFAR-100-shaped images",
             "warmup": args.warmup, "steps": args.steps, "repeats": args.repeats,
@@ -614,6 +789,7 @@ def _benchmark(argv: list[str], args: argparse.Namespace, extras: list[str]) -> 
         "memory": memory,
         "floors": floors,
         "results": results,
+        "packs": packs,
     }
     print(markdown(report), flush=True)
     if args.json:

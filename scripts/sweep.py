@@ -7,40 +7,50 @@ with the row's own flags ("KD+LS": ``--logit_stand --kd_T 2``; "KD+DOT": ``--opt
     python scripts/sweep.py vanilla   # every teacher and student network, TRIALS times each
     python scripts/sweep.py distill   # every method row on every pair, TRIALS times each
 
+The distill sweep runs *packs*: one train_student.py process trains the rows of one teacher,
+student, trial and row flags together (``--distill kd,crd -r 0.1,1.0 -a 0.9,0.0 -b 0.0,0.8``),
+from one teacher forward pass and one data stream, each member writing the run folder its solo
+run would. ``PACK`` (or ``--pack N``) caps a pack's members (``PACK=1``: one run per command).
+A teacher run is never packed. Where the commands run is chosen by :mod:`scripts.launchers`:
+one after another here (the default), ``--gpus 0,1 --runs_per_gpu 2`` on this machine's GPUs,
+or ``--launcher slurm --partition P --time MIN`` as one Slurm job array.
+
 The plan is read from the environment, as the two shell scripts document: ``DATA_ROOT``,
 ``SAVE_DIR``, ``GPUS``, ``TEACHER_DIR``, ``TEACHER_TRIAL``, ``PAIRS``, ``METHODS``, ``TRIALS``,
-``EXTRA_ARGS``, ``DRY_RUN``, ``PYTHON``. Every command line is parsed by the entry scripts' own
-option parser before anything starts, so a typo in ``EXTRA_ARGS`` fails at once, not after
-hours; so does a flag in ``EXTRA_ARGS`` that the sweep sets itself (``--trial``, ``--distill``,
-``-r``, ...), which would otherwise run every trial in one folder or one method under another
-row's name. A run whose folder already holds a ``summary.json`` with ``"finished": true`` is left
-out, and every command carries ``--resume auto``, so a sweep can be re-run after an
-interruption and continues where it stopped. Trial ``t`` (1..TRIALS) runs with ``--seed t``.
+``PACK``, ``EXTRA_ARGS``, ``DRY_RUN`` (or ``--dry_run``), ``PYTHON``. Every command line is
+parsed by the entry scripts' own option parser before anything starts, so a typo in
+``EXTRA_ARGS`` fails at once, not after hours; so does a flag in ``EXTRA_ARGS`` that the sweep
+sets itself (``--trial``, ``--distill``, ``-r``, ...), which would otherwise run every trial in
+one folder or one method under another row's name. A run whose folder already holds a
+``summary.json`` with ``"finished": true`` is left out (a pack keeps its unfinished members),
+and every command carries ``--resume auto``, so a sweep can be re-run after an interruption and
+continues where it stopped. Trial ``t`` (1..TRIALS) runs with ``--seed t``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import os
 import shlex
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from errors import UsageError
 from helper import run_names
 from models.spec import spec_component
-from scripts import published
+from scripts import launchers, published
+from scripts.launchers import Command, is_finished
 from scripts.table_rows import Row, method_rows, row_weights
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = published.DATASET
 STANDARD_PAIRS = published.STANDARD_PAIRS
 TEACHER_FILE = "{arch}_last.pth"  # the last epoch, as the released RepDistiller teachers (ckpt_epoch_240)
-INTERRUPTED = {130, 143, -2, -15}  # exit statuses of a run stopped by SIGINT/SIGTERM (helper/cli.py)
+Weights = tuple[float, float, float]  # -r/-a/-b
 
 
 # ---------------------------------------------------------------------------------------------
@@ -59,6 +69,7 @@ class SweepConfig:
     pairs: tuple[published.Pair, ...] = STANDARD_PAIRS
     methods: tuple[str, ...] | None = None  # row keys; None = every row
     trials: int = 3
+    pack: int | None = None  # members per pack; None = every row of a (teacher, student, trial, row flags)
     extra_args: tuple[str, ...] = ()
     dry_run: bool = False
     python: str = "python"
@@ -73,6 +84,9 @@ class SweepConfig:
         trials = get("TRIALS") or "3"
         if not trials.isdigit() or int(trials) < 1:
             raise ValueError(f"TRIALS={trials!r} must be a positive integer")
+        pack = get("PACK")
+        if pack is not None and (not pack.isdigit() or int(pack) < 1):
+            raise ValueError(f"PACK={pack!r} must be a positive integer (members per pack)")
         return cls(
             data_root=get("DATA_ROOT") or cls.data_root,
             save_dir=get("SAVE_DIR") or cls.save_dir,
@@ -82,6 +96,7 @@ class SweepConfig:
             pairs=parse_pairs(get("PAIRS")) if get("PAIRS") else STANDARD_PAIRS,
             methods=tuple(parse_methods(get("METHODS"))) if get("METHODS") else None,
             trials=int(trials),
+            pack=int(pack) if pack else None,
             extra_args=tuple(shlex.split(get("EXTRA_ARGS") or "")),
             dry_run=(get("DRY_RUN") or "0") not in ("0", "false", "no"),
             python=get("PYTHON") or cls.python,
@@ -99,7 +114,6 @@ def parse_pairs(text: str) -> list[published.Pair]:
 
     Either side may be a ``timm:``/``torchvision:`` name (``models.spec``); CIFAR-100 must fit it.
     """
-    from errors import UsageError
     from helper.options import resolve_model
     from models.spec import split_pair
 
@@ -130,17 +144,6 @@ def parse_methods(text: str) -> list[str]:
     return chosen
 
 
-@dataclass(frozen=True)
-class Command:
-    """One run of the sweep: its command line and the folder it will write."""
-
-    argv: tuple[str, ...]
-    run_dir: Path
-
-    def __str__(self) -> str:
-        return shlex.join(self.argv)
-
-
 @dataclass
 class Plan:
     """The commands to run, what was left out and why (notes), and the runs that cannot start."""
@@ -149,13 +152,10 @@ class Plan:
     notes: list[str]
     blocked: int = 0  # runs left out because their teacher checkpoint is missing
 
-
-def is_finished(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds a ``summary.json`` that says the run finished."""
-    try:
-        return json.loads((run_dir / "summary.json").read_text()).get("finished") is True
-    except (OSError, ValueError, AttributeError):
-        return False
+    @property
+    def runs(self) -> int:
+        """How many runs the commands train (a pack trains several)."""
+        return sum(len(command.run_dirs) for command in self.commands)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,17 +167,23 @@ def teacher_args(arch: str, trial: int, config: SweepConfig) -> list[str]:
     return ["--model", arch, *config.common_args(trial)]
 
 
-def student_args(path_t: str | Path, student: str, method: str, weights: tuple[float, float, float], trial: int,
+def student_args(path_t: str | Path, student: str, members: Sequence[tuple[str, Weights]], trial: int,
                  config: SweepConfig, extra: Sequence[str] = ()) -> list[str]:
-    """The flags the distill sweep gives train_student.py for one method row in trial ``trial``.
+    """The flags the distill sweep gives train_student.py for a pack of method rows in trial ``trial``.
 
-    ``extra`` are the row's own flags (``--logit_stand --kd_T 2``, ``--optimizer dot``); they come
-    after the weights and before ``EXTRA_ARGS``, which may change them (and the run then no
-    longer counts as the row's).
+    ``members`` are the rows' (method, weights), in order: one member is a solo run's command
+    line (``--distill kd -r 0.1 -a 0.9 -b 0.0``), several a pack's (``--distill kd,crd -r 0.1,1.0
+    ...``, one value per member). ``extra`` are the rows' own flags (``--logit_stand --kd_T 2``,
+    ``--optimizer dot``), the same for every member; they come after the weights and before
+    ``EXTRA_ARGS``, which may change them (and the runs then no longer count as the rows').
     """
-    gamma, alpha, beta = weights
-    return ["--path_t", str(path_t), "--model_s", student, "--distill", method,
-            "-r", str(gamma), "-a", str(alpha), "-b", str(beta), *extra, *config.common_args(trial)]
+    def listed(values) -> str:
+        return ",".join(str(value) for value in values)
+
+    methods = [method for method, _ in members]
+    gamma, alpha, beta = zip(*(weights for _, weights in members))
+    return ["--path_t", str(path_t), "--model_s", student, "--distill", listed(methods),
+            "-r", listed(gamma), "-a", listed(alpha), "-b", listed(beta), *extra, *config.common_args(trial)]
 
 
 # Where to choose what the sweep sets itself, for the message refusing it in EXTRA_ARGS.
@@ -216,7 +222,7 @@ def _owned_options(config: SweepConfig) -> set[str]:
     The teacher commands carry the same common flags and ``--model``, which EXTRA_ARGS cannot
     set anyway: train_student.py's parser finds it ambiguous (``--model_s``/``--model_t``).
     """
-    return _options_set(student_args("-", "resnet8", "kd", (1.0, 1.0, 1.0), 1, config)) | {"model_t"}
+    return _options_set(student_args("-", "resnet8", [("kd", (1.0, 1.0, 1.0))], 1, config)) | {"model_t"}
 
 
 def check_extra_args(config: SweepConfig) -> None:
@@ -226,7 +232,6 @@ def check_extra_args(config: SweepConfig) -> None:
     every trial would share one folder, and ``--distill crd`` would run CRD under every row's
     name. Raises :class:`~errors.UsageError` naming the flags and where to choose instead.
     """
-    from errors import UsageError
     from helper.options import student_parser
 
     try:
@@ -305,7 +310,7 @@ def vanilla_plan(config: SweepConfig) -> Plan:
             if is_finished(run_dir):
                 finished += 1
                 continue
-            commands.append(Command((config.python, str(REPO / "train_teacher.py"), *args), run_dir))
+            commands.append(Command((config.python, str(REPO / "train_teacher.py"), *args), (run_dir,)))
     if finished:
         notes.append(f"{finished} finished run(s) skipped (their summary.json says finished)")
     return Plan(commands, notes)
@@ -361,9 +366,11 @@ def _find_teachers(config: SweepConfig, notes: list[str]) -> dict[str, Path | No
 
 
 def distill_plan(config: SweepConfig) -> Plan:
-    """Every selected method row on every selected pair with its weights and flags, trial by trial.
+    """Every selected method row on every selected pair with its weights and flags, trial by trial, in packs.
 
-    Trials are the outer loop, so an interrupted sweep leaves whole tables of fewer trials.
+    Trials are the outer loop, so an interrupted sweep leaves whole tables of fewer trials. The
+    unfinished runs of one pair and trial are packed by their rows' flags (the plain rows
+    together, the "+LS" rows together, ...), in the rows' order, at most ``config.pack`` a pack.
     """
     from helper.options import parse_student_args
 
@@ -390,9 +397,10 @@ def distill_plan(config: SweepConfig) -> Plan:
             if path_t is None:
                 blocked += len(pair_rows)
                 continue
+            groups: dict[tuple[str, ...], list[tuple[tuple[str, Weights], Path]]] = {}
             for row in pair_rows:
-                args = [*student_args(path_t, student, row.method, row_weights(row), trial, config, row.extra),
-                        *config.extra_args]
+                member = (row.method, row_weights(row))
+                args = [*student_args(path_t, student, [member], trial, config, row.extra), *config.extra_args]
                 run_dir = _student_run_dir(parse_student_args(args), teacher)
                 if run_dir in planned:
                     twice += 1
@@ -401,7 +409,15 @@ def distill_plan(config: SweepConfig) -> Plan:
                 if is_finished(run_dir):
                     finished += 1
                     continue
-                commands.append(Command((config.python, str(REPO / "train_student.py"), *args), run_dir))
+                groups.setdefault(row.extra, []).append((member, run_dir))
+            for extra, members in groups.items():
+                size = config.pack or len(members)
+                for start in range(0, len(members), size):
+                    pack = members[start:start + size]
+                    args = [*student_args(path_t, student, [member for member, _ in pack], trial, config, extra),
+                            *config.extra_args]
+                    commands.append(Command((config.python, str(REPO / "train_student.py"), *args),
+                                            tuple(run_dir for _, run_dir in pack)))
     if finished:
         notes.append(f"{finished} finished run(s) skipped (their summary.json says finished)")
     if twice:
@@ -415,52 +431,36 @@ def distill_plan(config: SweepConfig) -> Plan:
 # Running it.
 
 
-def _run(argv: Sequence[str]) -> int:
-    """Run one command; on Ctrl-C wait for it, since it received the signal too and saves first."""
-    process = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL)
-    try:
-        return process.wait()
-    except KeyboardInterrupt:
-        process.wait()
-        raise
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are usage errors (one line, exit 2, no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see --help)")
 
 
-def execute(plan: Plan) -> int:
-    """Run the plan's commands in order; a failed run is reported and the sweep goes on.
-
-    Returns 0 when every command succeeded and none was blocked, 1 otherwise, and the run's
-    status when a run was interrupted (the sweep stops there; re-running it resumes).
-    """
-    failed = []
-    total = len(plan.commands)
-    for number, command in enumerate(plan.commands, 1):
-        print(f"[{number}/{total}] {command}", flush=True)
-        try:
-            status = _run(command.argv)
-        except KeyboardInterrupt:
-            status = 130
-        if status in INTERRUPTED:
-            print(f"interrupted during {command.run_dir.name}; run the sweep again to resume", file=sys.stderr)
-            return status
-        if status != 0:
-            failed.append(f"{command.run_dir.name} (exit status {status})")
-    for line in failed:
-        print(f"failed: {line}", file=sys.stderr)
-    print(f"{total - len(failed)} of {total} run(s) succeeded"
-          + (f"; {plan.blocked} not started for want of a teacher" if plan.blocked else ""), file=sys.stderr)
-    return 1 if failed or plan.blocked else 0
+def parser() -> argparse.ArgumentParser:
+    """``sweep.py``'s flags: the kind of sweep, the pack size, the dry run and the launcher."""
+    result = _Parser(description=__doc__.split("\n\n")[0])
+    result.add_argument("kind", choices=["vanilla", "distill"])
+    result.add_argument("--pack", type=int, help="distill: at most this many runs per command (overrides PACK; "
+                                                 "default: every row of a pair, trial and row flags)")
+    result.add_argument("--dry_run", action="store_true", help="print the commands, run nothing (as DRY_RUN=1)")
+    launchers.add_arguments(result)
+    return result
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    """``sweep.py vanilla|distill``: print (``DRY_RUN=1``) or run the sweep's commands."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("kind", choices=["vanilla", "distill"])
-    kind = parser.parse_args(argv).kind
-    from errors import UsageError
-
+    """``sweep.py vanilla|distill [flags]``: print (``DRY_RUN=1``, ``--dry_run``) or run the sweep's commands."""
     try:
+        args = parser().parse_args(argv)
+        if args.pack is not None and args.pack < 1:
+            raise UsageError(f"--pack {args.pack} must be positive (runs per command)")
+        if args.pack is not None and args.kind == "vanilla":
+            raise UsageError("--pack is for the distill sweep; teacher runs are not packed")
         config = SweepConfig.from_env(os.environ if env is None else env)
-        plan = vanilla_plan(config) if kind == "vanilla" else distill_plan(config)
+        config = dataclasses.replace(config, pack=args.pack or config.pack, dry_run=config.dry_run or args.dry_run)
+        launcher = launchers.from_args(args, config.save_dir, config.gpus)
+        plan = vanilla_plan(config) if args.kind == "vanilla" else distill_plan(config)
     except (UsageError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -469,9 +469,15 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     if config.dry_run:
         for command in plan.commands:
             print(command)
-        print(f"{len(plan.commands)} command(s)", file=sys.stderr)
+        for line in launcher.describe(plan.commands):
+            print(line, file=sys.stderr)
+        print(f"{len(plan.commands)} command(s), {plan.runs} run(s)", file=sys.stderr)
         return 0
-    return execute(plan)
+    try:
+        return launcher.launch(plan.commands, plan.blocked)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import math
@@ -39,7 +40,8 @@ def test_tiny_run_reports_steps_floor_and_ratios(benchmark, tmp_path, capsys):
     assert "| method | loader | variant | img/s | ms/step |" in out and "| crd | fast | bf16+cl |" in out
 
     report = json.loads(path.read_text())
-    assert set(report) == {"machine", "settings", "memory", "floors", "results"}
+    assert set(report) == {"machine", "settings", "memory", "floors", "results", "packs"}
+    assert report["packs"] == []
     assert report["settings"]["extra_flags"] == ["--nce_k", "32"]
     assert report["settings"]["variants"] == ["fp32", "bf16+cl"]
     assert [f["variant"] for f in report["floors"]] == ["fp32", "bf16+cl"]
@@ -56,6 +58,63 @@ def test_tiny_run_reports_steps_floor_and_ratios(benchmark, tmp_path, capsys):
     assert kd_bf16["speedup"] == pytest.approx(kd_fp32["ms_per_step"] / kd_bf16["ms_per_step"])
     assert kd_bf16["amp"] == "bf16" and kd_bf16["channels_last"] is True
     assert _positive(report["floors"][1]["speedup"])
+
+
+def test_pack_is_timed_against_the_sum_of_its_members_alone(benchmark, tmp_path, capsys, monkeypatch):
+    fed = []  # per feed_epoch call: (trainers fed, batches fed, teacher forwards)
+    feed_epoch = benchmark.feed_epoch
+
+    def counting_feed_epoch(trainers, loader, config, teacher, *args, **kwargs):
+        forwards = []
+        hook = teacher.register_forward_hook(lambda *_: forwards.append(1))
+        batches = list(loader)
+        try:
+            return feed_epoch(trainers, batches, config, teacher, *args, **kwargs)
+        finally:
+            hook.remove()
+            fed.append((len(trainers), len(batches), len(forwards)))
+
+    monkeypatch.setattr(benchmark, "feed_epoch", counting_feed_epoch)
+    path = tmp_path / "pack.json"
+    status = benchmark.main([*TINY, "--pack", "kd,crd,rrd", "--nce_k", "32", "--json", str(path)])
+    out = capsys.readouterr().out
+    assert status == 0
+    # Three members alone, then the pack: warm-up and timed windows each; one teacher forward per batch.
+    assert [trainers for trainers, _, _ in fed] == [1] * 6 + [3] * 2
+    assert all(batches == forwards == 2 for _, batches, forwards in fed)
+    for row in ("kd alone", "crd alone", "rrd alone", "sum of the solo steps", "pack kd,crd,rrd",
+                "teacher pass (inside each step)"):
+        assert f"| {row} | fast | fp32 |" in out, row
+    assert "pack / sum of solo steps = **" in out
+
+    report = json.loads(path.read_text())
+    assert report["floors"] == [] and report["settings"]["pack"] == "kd,crd,rrd"
+    assert [(r["kind"], r["method"], r["member"]) for r in report["results"]] == [
+        ("member", "kd", 0), ("member", "crd", 1), ("member", "rrd", 2),
+        ("pack", "kd,crd,rrd", None), ("teacher", "kd,crd,rrd", None)]
+    for record in report["results"]:
+        assert record["error"] is None
+        assert all(_positive(record[key]) for key in MEASURED), record
+    (summary,) = report["packs"]
+    solo = [r["ms_per_step"] for r in report["results"][:3]]
+    pack, teacher = report["results"][3:]
+    assert summary["members"] == ["kd", "crd", "rrd"]
+    assert summary["solo_sum_ms_per_step"] == pytest.approx(sum(solo))
+    assert summary["pack_ms_per_step"] == pack["ms_per_step"]
+    assert summary["teacher_ms_per_step"] == teacher["ms_per_step"]
+    assert _positive(summary["ratio"]) and summary["ratio"] == pytest.approx(pack["ms_per_step"] / sum(solo))
+    assert pack["sum_ratio"] == summary["ratio"]
+
+
+def test_pack_members_are_labelled_by_what_tells_them_apart(benchmark):
+    def member(student, method, alpha=0.9):
+        return argparse.Namespace(model_s=student, distill=method, gamma=0.1, alpha=alpha, beta=0.0)
+
+    assert benchmark.member_labels([member("resnet8", "kd"), member("resnet8", "crd")]) == ["kd", "crd"]
+    assert benchmark.member_labels([member("resnet8", "kd"), member("resnet14", "kd")]) == [
+        "resnet8 kd", "resnet14 kd"]
+    assert benchmark.member_labels([member("resnet8", "kd"), member("resnet8", "kd", alpha=0.0)]) == [
+        "kd r:0.1 a:0.9 b:0.0", "kd r:0.1 a:0.0 b:0.0"]
 
 
 def test_ratios_are_ms_per_step_quotients(benchmark):
@@ -82,3 +141,11 @@ def test_bad_flags_fail_before_timing(benchmark, capsys):
     assert "no_such_method" in capsys.readouterr().err
     assert benchmark.main([*TINY, "--variants", "fp16"]) == 2
     assert benchmark.main([*TINY, "--nce_kk", "3"]) == 2
+    assert benchmark.main([*TINY, "--pack", "kd,crd", "--methods", "kd"]) == 2
+    assert "leave out --methods" in capsys.readouterr().err
+    assert benchmark.main([*TINY, "--pack", "kd"]) == 2
+    assert "a pack has two or more" in capsys.readouterr().err
+    assert benchmark.main([*TINY, "--pack", "kd,kd"]) == 2
+    assert "the same run twice" in capsys.readouterr().err
+    assert benchmark.main([*TINY, "--pack", "kd,no_such_method"]) == 2
+    assert "no_such_method" in capsys.readouterr().err

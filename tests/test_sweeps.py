@@ -16,7 +16,8 @@ import pytest
 import distiller_zoo
 from helper.driver import run_name
 from helper.options import parse_student_args, parse_teacher_args
-from scripts import plot_curves, published, summarize, sweep
+from helper.pack_args import member_argvs
+from scripts import launchers, plot_curves, published, summarize, sweep
 from tests.runfolders import REPO
 
 KD_ROWS = ("crd", "rrd", "dcd")  # the "+KD" rows of METHODS.md §4
@@ -55,35 +56,40 @@ def sweep_script(name: str, env: dict[str, str], cwd: Path) -> subprocess.Comple
                           env={**os.environ, "PYTHON": sys.executable, **env}, timeout=600)
 
 
+def runs(lines: str) -> list[list[str]]:
+    """The printed command lines as the runs they start: a pack's line gives each member's solo command line."""
+    commands = [shlex.split(line) for line in lines.splitlines()]
+    return [[*argv[:2], *member] for argv in commands for member in member_argvs(argv[2:])]
+
+
 def dry_run(kind: str, env: dict[str, str], capsys) -> list[list[str]]:
-    """The commands ``sweep.py kind`` prints with ``DRY_RUN=1`` (in-process), split into arguments."""
+    """The runs ``sweep.py kind`` prints with ``DRY_RUN=1`` (in-process), as solo command lines."""
     capsys.readouterr()
     assert sweep.main([kind], {"PYTHON": "python", **env, "DRY_RUN": "1"}) == 0
-    return [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
+    return runs(capsys.readouterr().out)
 
 
 def test_distill_dry_run_is_every_method_on_every_pair_once_per_trial(tmp_path):
     done = sweep_script("run_cifar_distill.sh", {"DRY_RUN": "1", "TRIALS": "2", "SAVE_DIR": str(tmp_path / "save")},
                         cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    commands = [shlex.split(line) for line in done.stdout.splitlines()]
-    runs, folders = Counter(), Counter()
-    for argv in commands:
+    planned, folders = Counter(), Counter()
+    for argv in runs(done.stdout):
         assert argv[:2] == [sys.executable, str(REPO / "train_student.py")]
         opt = parse_student_args(argv[2:])
         teacher = Path(opt.path_t).parent.name.removesuffix("_vanilla_cifar100_trial_1")
         assert opt.dataset == "cifar100" and opt.seed == int(opt.trial) and opt.resume == "auto"
         assert opt.save_dir == str(tmp_path / "save")
-        runs[teacher, opt.model_s, row_key(opt), opt.trial] += 1
+        planned[teacher, opt.model_s, row_key(opt), opt.trial] += 1
         folders[run_name(opt, teacher)] += 1
-    assert set(runs.values()) == {1}  # no run twice
+    assert set(planned.values()) == {1}  # no run twice
     assert set(folders.values()) == {1}  # and no two rows share a run folder (KD+DOT's is kd+dot, DKD+LS's b:9.0)
 
     methods = [*distiller_zoo.DISTILLERS, *(f"{method}+kd" for method in KD_ROWS), *FLAGGED_ROWS]
     expected = {(teacher, student, method, trial) for teacher, student in STANDARD_PAIRS for method in methods
                 for trial in ("1", "2")
                 if method not in ("fsp", "kdsvd", "ega") or (teacher, student) in EQUAL_WIDTH_PAIRS}
-    assert set(runs) == expected
+    assert set(planned) == expected
     assert "skip FSP on wrn_40_2→wrn_40_1" in done.stderr
     assert "teacher wrn_40_2 not found" in done.stderr
 
@@ -126,21 +132,22 @@ def test_filters_select_rows_and_a_non_standard_pair_runs_as_given(tmp_path, rel
 
 def test_rows_with_flags_run_with_them(released_teacher, capsys):
     env = {**released_teacher, "METHODS": "kd+dot,dkd+ls,kd+ls,kd", "TRIALS": "1"}
-    commands = {}
-    for argv in dry_run("distill", env, capsys):
-        opt = parse_student_args(argv[2:])
-        commands[row_key(opt)] = argv[argv.index("-b") + 2:]  # what follows the weights
-    assert list(commands) == ["kd", "kd+ls", "dkd+ls", "kd+dot"]  # the papers' order, whatever METHODS says
-    assert commands["kd+ls"][:3] == commands["dkd+ls"][:3] == ["--logit_stand", "--kd_T", "2"]
-    assert commands["kd+dot"][:2] == ["--optimizer", "dot"]
-    assert commands["kd"][0] == "--dataset" and not {"--logit_stand", "--optimizer", "--kd_T"} & set(commands["kd"])
+    assert [row_key(parse_student_args(argv[2:])) for argv in dry_run("distill", env, capsys)] == [
+        "kd", "kd+ls", "dkd+ls", "kd+dot"]  # the papers' order, whatever METHODS says
+    assert sweep.main(["distill"], {**env, "DRY_RUN": "1"}) == 0
+    packs = [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
+    assert [argv[argv.index("--distill") + 1] for argv in packs] == ["kd", "kd,dkd", "kd"]  # "+LS" rows together
+    plain, ls, dot = (argv[argv.index("-b") + 2:] for argv in packs)  # what follows the weights
+    assert ls[:3] == ["--logit_stand", "--kd_T", "2"]
+    assert dot[:2] == ["--optimizer", "dot"]
+    assert plain[0] == "--dataset" and not {"--logit_stand", "--optimizer", "--kd_T"} & set(plain)
 
 
 def test_extra_args_that_make_two_rows_equal_run_them_once(released_teacher, capsys):
     env = {**released_teacher, "METHODS": "kd,kd+dot", "EXTRA_ARGS": "--optimizer dot", "DRY_RUN": "1"}
     assert sweep.main(["distill"], env) == 0
     out, err = capsys.readouterr()
-    options = [parse_student_args(shlex.split(line)[2:]) for line in out.splitlines()]
+    options = [parse_student_args(argv[2:]) for argv in runs(out)]
     assert [(opt.optimizer, opt.trial) for opt in options] == [("dot", "1"), ("dot", "2")]
     assert "note: 2 run(s) planned once: EXTRA_ARGS gives two rows the same run folder" in err
 
@@ -171,7 +178,7 @@ OWNED_FLAGS = [
 @pytest.mark.parametrize("extra", OWNED_FLAGS)
 def test_extra_args_may_not_set_what_the_sweep_sets(kind, extra, released_teacher, monkeypatch, capsys):
     started = []
-    monkeypatch.setattr(sweep, "_run", started.append)
+    monkeypatch.setattr(launchers.LocalLauncher, "launch", lambda self, *args: started.append(args))
     assert sweep.main([kind], {**released_teacher, "EXTRA_ARGS": f"--epochs 1 {extra}"}) == 2
     out, err = capsys.readouterr()
     assert started == [] and out == ""
