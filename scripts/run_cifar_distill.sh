@@ -20,10 +20,15 @@
 #   EXTRA_ARGS     appended to every command, e.g. "--epochs 1 --nce_k 4096"; flags the sweep sets itself
 #                  (--trial, --seed, --distill, -r/-a/-b, --model_s, --model_t, --path_t, --dataset,
 #                  --data_root, --save_dir, --resume, --gpu_id with GPUS) are refused: use the variables above
+#   PACK           at most this many runs per train_student.py command; the rows of one pair and
+#                  trial share one teacher pass (default: every row of the pair; 1: one run per command)
 #   DRY_RUN=1      print the commands, run nothing
 #   PYTHON         the interpreter                                    (default python)
+# Arguments go to scripts/sweep.py and choose where the commands run (docs/REPRODUCING.md):
+#   bash scripts/run_cifar_distill.sh --gpus 0,1,2,3 --runs_per_gpu 2     # this machine's GPUs
+#   bash scripts/run_cifar_distill.sh --launcher slurm --partition gpu --time 240 --array_parallelism 16
 # Runs whose summary.json says "finished": true are skipped and every run resumes from its own
 # latest.pth, so re-running this script after an interruption continues the sweep.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-exec "${PYTHON:-python}" "$repo/scripts/sweep.py" distill
+exec "${PYTHON:-python}" "$repo/scripts/sweep.py" distill "$@"

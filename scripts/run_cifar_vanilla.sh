@@ -15,8 +15,10 @@
 #               --data_root, --save_dir, --resume, --gpu_id with GPUS) are refused: use the variables above
 #   DRY_RUN=1   print the commands, run nothing
 #   PYTHON      the interpreter                                       (default python)
+# Arguments go to scripts/sweep.py and choose where the runs go: --gpus 0,1 --runs_per_gpu 2 on
+# this machine's GPUs, --launcher slurm --partition P --time MIN as a Slurm job array (docs/REPRODUCING.md).
 # Runs whose summary.json says "finished": true are skipped and every run resumes from its own
 # latest.pth, so re-running this script after an interruption continues the sweep.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-exec "${PYTHON:-python}" "$repo/scripts/sweep.py" vanilla
+exec "${PYTHON:-python}" "$repo/scripts/sweep.py" vanilla "$@"

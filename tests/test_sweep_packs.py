@@ -248,6 +248,15 @@ def test_a_failed_command_is_reported_with_its_unfinished_runs_and_the_rest_goes
     assert (tmp_path / "logs" / "run_3.log").read_text() == "working on 3\n"
 
 
+def test_a_command_that_cannot_start_is_reported_and_the_rest_goes_on(tmp_path, capsys):
+    commands = fake_commands(tmp_path, 2)
+    commands[0] = Command((str(tmp_path / "no_such_python"), "-c", "pass"), (tmp_path / "run_0",))
+    assert LocalLauncher().launch(commands, blocked=0) == 1
+    err = capsys.readouterr().err
+    assert "failed: run_0: could not start: [Errno 2] No such file or directory" in err
+    assert (tmp_path / "done_1").exists() and err.splitlines()[-1] == "1 of 2 command(s) succeeded"
+
+
 STOPPABLE = """
 import os, pathlib, signal, sys, time
 folder, number = pathlib.Path(sys.argv[1]), sys.argv[2]
