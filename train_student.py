@@ -8,10 +8,9 @@ as one pack: one teacher pass and one data stream per step, each run in its own 
 it would run alone (helper/pack.py).
 """
 
-import sys
 
-from helper.cli import main
+from helper.cli import exit_process, main
 from helper.options import parse_student_pack
 
 if __name__ == "__main__":
-    sys.exit(main(parse_student_pack, "student"))
+    exit_process(main(parse_student_pack, "student"))

@@ -3,10 +3,9 @@
     python train_teacher.py --model resnet32x4 --dataset cifar100
 """
 
-import sys
 
-from helper.cli import main
+from helper.cli import exit_process, main
 from helper.options import parse_teacher_args
 
 if __name__ == "__main__":
-    sys.exit(main(parse_teacher_args, "teacher"))
+    exit_process(main(parse_teacher_args, "teacher"))

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from errors import UsageError
-from helper.distributed import launch_rank, listed_gpus, note
+from helper.distributed import launch_rank, launched_by_torchrun, listed_gpus, note
 
 EXIT_USAGE, EXIT_NONFINITE, EXIT_WRITE, EXIT_INTERRUPTED = 2, 3, 4, 143
 # How long a rank other than 0 waits, on a usage error, for rank 0 to report it and torchrun to
@@ -120,3 +120,19 @@ def main(parse: Callable[[Sequence[str] | None], argparse.Namespace | list[argpa
     except OSError as error:
         return _fail(str(error), EXIT_WRITE)
     return 0
+
+
+def exit_process(status: int) -> None:
+    """Leave the process with ``status`` once :func:`main` has returned.
+
+    Under torchrun the interpreter's own teardown is skipped: by then every checkpoint, log and
+    event file is closed and the process group destroyed, yet the C++ threads of the gloo
+    transport can still be torn down in the wrong order at exit and abort the process
+    ("terminate called without an active exception", SIGABRT), turning a finished run into a
+    failed launch. A single process exits normally.
+    """
+    if not launched_by_torchrun():
+        sys.exit(status)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

@@ -260,8 +260,9 @@ def test_torchrun_run_resumes_exactly(tmp_path, small_cifar, cifar100_teacher):
                      str(script), *args])
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert torchrun(straight, "2").returncode == 0
-    assert torchrun(resumed, "1").returncode == 0
+    for save, epochs in ((straight, "2"), (resumed, "1")):
+        result = torchrun(save, epochs)
+        assert result.returncode == 0, result.stderr
     result = torchrun(resumed, "2", "--resume", "auto")
     assert result.returncode == 0, result.stderr
     assert_same_training(_last_checkpoint(straight), _last_checkpoint(resumed))
