@@ -8,7 +8,6 @@ as one pack: one teacher pass and one data stream per step, each run in its own 
 it would run alone (helper/pack.py).
 """
 
-
 from helper.cli import exit_process, main
 from helper.options import parse_student_pack
 

@@ -3,7 +3,6 @@
     python train_teacher.py --model resnet32x4 --dataset cifar100
 """
 
-
 from helper.cli import exit_process, main
 from helper.options import parse_teacher_args
 

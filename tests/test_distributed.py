@@ -341,3 +341,26 @@ def test_imagenet_scripts_on_two_machines_split_the_total_batch_over_both(tmp_pa
                          "--rdzv_backend", "c10d", "--rdzv_endpoint"]
     opt = parse_teacher_args(words[words.index(str(REPO / "train_teacher.py")) + 1:])
     assert (opt.batch_size, opt.learning_rate) == (512 // 16, 0.2)
+
+
+EXITING = """
+import atexit, sys
+from helper.cli import exit_process
+atexit.register(lambda: print("interpreter teardown ran"))
+print("saved", end="")
+exit_process(int(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("under_torchrun", [True, False])
+def test_an_entry_script_exits_with_its_status_and_its_output_flushed(under_torchrun):
+    """Under torchrun the interpreter's teardown (where gloo's threads can abort) is skipped;
+    a single process exits normally. Either way buffered output reaches the pipe."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("RANK", "WORLD_SIZE", "PYTHONUNBUFFERED")}  # buffered, so a lost flush shows
+    if under_torchrun:
+        env.update(RANK="0", WORLD_SIZE="2")
+    result = subprocess.run([sys.executable, "-c", EXITING, "3"], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 3
+    assert result.stdout == ("saved" if under_torchrun else "savedinterpreter teardown ran\n")
